@@ -1,0 +1,86 @@
+"""Base class of the noise assigners."""
+
+import keras
+from keras import ops
+
+from keras_immiscible.ops.validation import check_finite
+from keras_immiscible.ops.validation import check_min_rank
+from keras_immiscible.ops.validation import to_float_tensor
+
+
+def mean_distance(data, noise):
+    """Mean L2 distance between corresponding rows of `data` and `noise`."""
+    diff = ops.reshape(ops.cast(noise, data.dtype) - data, (data.shape[0], -1))
+    return ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=1)))
+
+
+def distance_change(data, assigned_noise, unassigned_noise):
+    """The paper's statistic: relative change of the mean data-noise distance.
+
+    `mean ||x_i - assigned_i|| / mean ||x_i - unassigned_i|| - 1`: negative
+    when assignment brings noise closer to the data (Immiscible Diffusion,
+    Table 2, reports about -1.9% at B=128 and -2.4% at B=1024 for CIFAR-10).
+    """
+    before = mean_distance(data, unassigned_noise)
+    after = mean_distance(data, assigned_noise)
+    return after / ops.maximum(before, 1e-12) - 1.0
+
+
+@keras.saving.register_keras_serializable(package="keras_immiscible")
+class NoiseAssigner:
+    """Draws Gaussian noise for a batch of data and pairs it with the data.
+
+    Subclasses implement `draw` (the candidate noise for the batch) and
+    `assign` (which noise each sample keeps). Calling an assigner does both.
+
+    Call args:
+        data: float tensor (B, ...), the (normalised) training batch.
+        seed: an int, a `keras.random.SeedGenerator`, or a backend seed
+            tensor, passed to `keras.random.normal`.
+        return_change: also return the relative change of the mean
+            data-noise L2 distance against the unassigned draw (see
+            `distance_change`).
+
+    Returns:
+        Noise with the shape and dtype of `data`; with `return_change=True`,
+        a tuple `(noise, change)`.
+    """
+
+    def __call__(self, data, seed=None, return_change=False):
+        data = self._check_data(data)
+        candidates = self.draw(data, seed=seed)
+        noise = self.assign(data, candidates)
+        if not return_change:
+            return noise
+        return noise, distance_change(data, noise, self.unassigned(candidates))
+
+    def draw(self, data, seed=None):
+        """Draws the candidate noise for `data` (default: one per sample)."""
+        return keras.random.normal(
+            ops.shape(data), dtype=data.dtype, seed=seed
+        )
+
+    def assign(self, data, candidates):
+        """Returns the noise each sample of `data` trains with."""
+        return candidates
+
+    def unassigned(self, candidates):
+        """The noise plain diffusion would have used: the first draw."""
+        return candidates
+
+    def _check_data(self, data):
+        data = to_float_tensor(data, "data")
+        check_min_rank(data, 2, "data", "a batch of samples (B, ...)")
+        check_finite(data, "data")
+        return data
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,102 @@
+"""Linear sum assignment with a host (scipy) or an on-device solver."""
+
+import numpy as np
+import scipy.optimize
+from keras import ops
+
+from keras_immiscible.backend import compiled
+from keras_immiscible.backend import host_call
+from keras_immiscible.backend import is_concrete
+from keras_immiscible.ops.auction import auction_assignment
+from keras_immiscible.ops.validation import check_finite
+from keras_immiscible.ops.validation import check_rank
+from keras_immiscible.ops.validation import static_dim
+from keras_immiscible.ops.validation import to_float_tensor
+
+SOLVERS = ("scipy", "auction")
+
+
+def check_solver(solver):
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+
+
+def _scipy_columns(cost):
+    cost = np.asarray(cost, dtype=np.float64)
+    if not np.all(np.isfinite(cost)):
+        raise ValueError(
+            "`cost` contains NaN or infinite values; refusing to pass them "
+            "to scipy.optimize.linear_sum_assignment."
+        )
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    out = np.empty(cost.shape[0], dtype=np.int32)
+    out[rows] = cols
+    return out
+
+
+def linear_sum_assignment(cost, solver="scipy", **solver_kwargs):
+    """Minimum-cost assignment of rows to columns: a permutation.
+
+    Args:
+        cost: float tensor of shape (B, B); `cost[i, j]` is the cost of giving
+            column `j` to row `i`.
+        solver: `"scipy"`: exact, `scipy.optimize.linear_sum_assignment` on
+            the host. Works eagerly on every backend and inside compiled
+            functions through the backend's host callback (`jax.pure_callback`,
+            `tf.numpy_function`); TensorFlow cannot compile a host call with
+            XLA, so under `jit_compile=True` it raises a `RuntimeError` that
+            says what to do. `"auction"`: the epsilon-scaling auction of
+            `keras_immiscible.ops.auction`, written in `keras.ops`, which
+            compiles with XLA and stays on the device. Its total cost is
+            within `B * epsilon * (max(cost) - min(cost))` of the optimum
+            when it converges (see `auction_assignment`).
+        **solver_kwargs: options of the auction (`epsilon`, `max_rounds`,
+            `scaling`, `initial_epsilon`).
+
+    Returns:
+        int32 tensor of shape (B,): the column assigned to each row. Always a
+        permutation of `range(B)`.
+
+    Raises:
+        TypeError: if `cost` is not floating point.
+        ValueError: if `cost` is not square (B, B), or holds NaN/inf.
+
+    Inside a compiled function values cannot be inspected while tracing: the
+    scipy solver then checks them on the host (and raises from there); the
+    auction, which cannot raise on the device, returns the identity
+    permutation for a cost with non-finite values, i.e. it leaves the noise
+    unassigned rather than acting on garbage.
+
+    Example:
+
+    >>> cost = np.array([[4., 1.], [2., 8.]], "float32")
+    >>> keras_immiscible.ops.linear_sum_assignment(cost)
+    array([1, 0], dtype=int32)
+    """
+    check_solver(solver)
+    cost = to_float_tensor(cost, "cost")
+    check_rank(cost, 2, "cost", "a (B, B) cost matrix")
+    n = static_dim(cost, 0, "cost")
+    if static_dim(cost, 1, "cost") != n:
+        raise ValueError(
+            "`cost` must be square (B, B): one column per row; got shape "
+            f"{tuple(cost.shape)}."
+        )
+    check_finite(cost, "cost")
+    if solver == "scipy":
+        if solver_kwargs:
+            raise TypeError(
+                "solver='scipy' takes no options, got "
+                f"{sorted(solver_kwargs)}."
+            )
+        return host_call(
+            _scipy_columns, [cost], (n,), "int32", name="linear_sum_assignment"
+        )
+    if is_concrete(cost):
+        key = ("auction", tuple(sorted(solver_kwargs.items())))
+        solve = compiled(lambda c: auction_assignment(c, **solver_kwargs), key)
+        return solve(cost)
+    finite = ops.all(ops.isfinite(cost))
+    safe_cost = ops.where(ops.isfinite(cost), cost, 0.0)
+    columns = auction_assignment(safe_cost, **solver_kwargs)
+    return ops.where(finite, columns, ops.arange(n, dtype="int32"))

@@ -1,0 +1,86 @@
+"""Samplers generating data from a trained denoiser."""
+
+import keras
+
+from keras_immiscible.samplers.ddim import DDIM
+
+_ALIASES = {
+    "ddim": DDIM,
+}
+
+__all__ = ["DDIM", "get", "serialize", "deserialize"]
+
+
+def serialize(sampler):
+    """Returns the Keras serialization dict of a sampler.
+
+    Args:
+        sampler: a sampler instance, such as `DDIM`.
+
+    Returns:
+        A JSON-compatible dict, accepted by `deserialize()` and `get()`.
+    """
+    return keras.saving.serialize_keras_object(sampler)
+
+
+def deserialize(config, custom_objects=None):
+    """Creates a sampler from the output of `serialize()`.
+
+    Args:
+        config: dict produced by `serialize()` (or a plain
+            `{"class_name": ..., "config": ...}` dict naming a built-in
+            sampler).
+        custom_objects: optional dict of extra classes to look up.
+
+    Returns:
+        A sampler instance.
+    """
+    module_objects = {cls.__name__: cls for cls in _ALIASES.values()}
+    sampler = keras.saving.deserialize_keras_object(
+        config, module_objects=module_objects, custom_objects=custom_objects
+    )
+    if not callable(getattr(sampler, "sample", None)):
+        raise ValueError(
+            "The configuration does not describe a sampler. "
+            f"Received: config={config!r}"
+        )
+    return sampler
+
+
+def get(identifier):
+    """Retrieves a sampler from an identifier.
+
+    Args:
+        identifier: `None` (the default `DDIM()`), a string (`"ddim"`), a
+            dict produced by `serialize()`, or a sampler instance (any object
+            with a `sample()` method, returned as is).
+
+    Returns:
+        A sampler instance.
+
+    Example:
+
+    ```python
+    sampler = keras_immiscible.samplers.get("ddim")
+    config = keras_immiscible.samplers.serialize(
+        keras_immiscible.samplers.DDIM(eta=1.0)
+    )
+    stochastic = keras_immiscible.samplers.get(config)
+    ```
+    """
+    if identifier is None:
+        return DDIM()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if isinstance(identifier, str) and identifier.lower() in _ALIASES:
+        return _ALIASES[identifier.lower()]()
+    if not isinstance(identifier, (str, type)) and callable(
+        getattr(identifier, "sample", None)
+    ):
+        return identifier
+    raise ValueError(
+        "Could not interpret the sampler identifier. Expected None, one of "
+        f"{sorted(_ALIASES)}, a dict produced by "
+        "`keras_immiscible.samplers.serialize()` or a sampler instance. "
+        f"Received: {identifier!r}"
+    )
