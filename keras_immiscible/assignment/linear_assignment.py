@@ -46,6 +46,11 @@ class LinearAssignment(NoiseAssigner):
         self.metric = metric
         self.quantize = quantize
 
+    @property
+    def on_host(self):
+        """Whether the solver runs on the host (not XLA-compilable on TF)."""
+        return self.solver == "scipy"
+
     def assign(self, data, candidates):
         cost = assignment_cost(
             data, candidates, metric=self.metric, quantize=self.quantize

@@ -46,6 +46,8 @@ class NoiseAssigner:
         a tuple `(noise, change)`.
     """
 
+    on_host = False
+
     def __call__(self, data, seed=None, return_change=False):
         data = self._check_data(data)
         candidates = self.draw(data, seed=seed)

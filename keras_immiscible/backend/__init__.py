@@ -8,5 +8,7 @@ eagerly) or is a placeholder being traced.
 
 from keras_immiscible.backend.host import host_call
 from keras_immiscible.backend.host import in_xla_context
+from keras_immiscible.backend.host import inference_function
 from keras_immiscible.backend.host import compiled
 from keras_immiscible.backend.host import is_concrete
+from keras_immiscible.backend.host import untie_ema_buffers

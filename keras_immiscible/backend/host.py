@@ -132,3 +132,68 @@ def compiled(fn, key):
         wrapped = fn
     _COMPILED[cache_key] = wrapped
     return wrapped
+
+
+def inference_function(model):
+    """A fast, gradient-free `inputs -> model(inputs, training=False)`.
+
+    XLA-compiled on JAX (as a stateless call, so the current weights are
+    always used) and TensorFlow, `torch.no_grad()` on PyTorch. Used by
+    samplers, which call the network many times outside of `fit`.
+    """
+    backend = _backend()
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def run(trainable, non_trainable, inputs):
+            outputs, _ = model.stateless_call(
+                trainable, non_trainable, inputs, training=False
+            )
+            return outputs
+
+        def call(inputs):
+            return run(
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                inputs,
+            )
+
+        return call
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(
+            lambda inputs: model(inputs, training=False),
+            jit_compile=True,
+            reduce_retracing=True,
+        )
+    if backend == "torch":
+        import torch
+
+        def call(inputs):
+            with torch.no_grad():
+                return model(inputs, training=False)
+
+        return call
+    return lambda inputs: model(inputs, training=False)
+
+
+def untie_ema_buffers(model):
+    """Works around a Keras/JAX problem with `use_ema=True`.
+
+    At the end of `fit`, Keras assigns the optimizer's EMA values to the
+    model's variables; on JAX both then hold the *same* buffer, and the next
+    `fit` (which donates its state buffers to XLA) fails with "Attempt to
+    donate the same buffer twice" (seen with Keras 3.15 and a plain Dense
+    model). Copying the variables' values gives them buffers of their own.
+    """
+    if _backend() != "jax":
+        return
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "use_ema", False):
+        return
+    import jax.numpy as jnp
+
+    for variable in model.variables:
+        variable.assign(jnp.array(variable.value, copy=True))

@@ -1,0 +1,190 @@
+"""Checks of the data given to a diffusion model, with clear errors.
+
+Static properties (dtype, shape) are checked when the training step is
+traced, on every backend. Values (NaN/inf, range) are checked before they
+reach the compiled step: up front for numpy arrays, and by a host-side stage
+appended to `tf.data` pipelines, which raises as soon as a bad batch is read.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+
+_RANGE_TOLERANCE = 1e-3
+
+
+def network_spec(network):
+    """Returns `(image_shape, takes_labels)` of a denoiser network."""
+    inputs = getattr(network, "inputs", None)
+    if not inputs or len(inputs) not in (2, 3):
+        raise ValueError(
+            "`network` must be a functional keras.Model with inputs "
+            "[noisy_images, noise_level] (+ labels), such as "
+            "keras_immiscible.layers.UNet(...); got inputs "
+            f"{getattr(network, 'inputs', None)}."
+        )
+    image_shape = tuple(inputs[0].shape[1:])
+    if any(d is None for d in image_shape):
+        raise ValueError(
+            "The network's image input needs a fully defined shape, got "
+            f"{image_shape}."
+        )
+    return image_shape, len(inputs) == 3
+
+
+def _describe_shape(shape):
+    return "(batch, " + ", ".join(str(d) for d in shape) + ")"
+
+
+def _check_dtype(dtype, name):
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "uint8" or "float" in dtype:
+        return dtype
+    raise TypeError(
+        f"`{name}` must hold images as float in [0, 1] or uint8 in "
+        f"[0, 255], got dtype {dtype}."
+    )
+
+
+def _check_shape(shape, image_shape, name):
+    if tuple(shape[1:]) != tuple(image_shape) or len(shape) != len(
+        image_shape
+    ) + 1:
+        raise ValueError(
+            f"`{name}` must have shape {_describe_shape(image_shape)} to "
+            f"match the network, got {tuple(shape)}."
+        )
+
+
+def check_batch(model, x, y):
+    """Trace-time checks of one batch; returns `(images, labels)`."""
+    images, labels = x, y
+    if isinstance(images, (tuple, list)) and labels is None:
+        if len(images) == 2:
+            images, labels = images
+        else:
+            raise ValueError(
+                "Each batch must be `images` or `(images, labels)`, got a "
+                f"tuple of {len(images)} elements."
+            )
+    _check_dtype(images.dtype, "images")
+    _check_shape(tuple(images.shape), model.image_shape, "images")
+    if model.num_classes_input:
+        if labels is None:
+            raise ValueError(
+                "The network is class-conditional: the data must be "
+                "`(images, labels)`."
+            )
+        labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,))
+    elif labels is not None:
+        if not getattr(model, "_warned_labels", False):
+            warnings.warn(
+                "The data has labels but the network is unconditional; the "
+                "labels are ignored. Build the network with `num_classes` to "
+                "use them.",
+                stacklevel=2,
+            )
+            model._warned_labels = True
+        labels = None
+    return images, labels
+
+
+def _check_values(images, name):
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return
+    if not np.all(np.isfinite(images)):
+        bad = int(images.size - np.count_nonzero(np.isfinite(images)))
+        raise ValueError(
+            f"`{name}` contains {bad} NaN or infinite value(s); training on "
+            "them would give a NaN loss."
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"Float `{name}` must lie in [0, 1], got values in [{low:.4g}, "
+            f"{high:.4g}]. Scale them (e.g. divide 0-255 data by 255) or pass "
+            "uint8 images."
+        )
+
+
+def check_dataset(model, x, name="x"):
+    """Checks what `fit`/`evaluate` receive; returns it (maybe wrapped)."""
+    if x is None:
+        return x
+    if isinstance(x, np.ndarray) or (
+        isinstance(x, (list, tuple)) and not _is_tf_dataset(x)
+        and len(x) and isinstance(x[0], np.ndarray) and len(x) == 1
+    ):
+        array = np.asarray(x if isinstance(x, np.ndarray) else x[0])
+        if array.dtype.kind not in "fu" or (
+            array.dtype.kind == "u" and array.dtype != np.uint8
+        ):
+            raise TypeError(
+                f"`{name}` must hold images as float in [0, 1] or uint8 in "
+                f"[0, 255], got dtype {array.dtype}."
+            )
+        _check_shape(array.shape, model.image_shape, name)
+        _check_values(array, name)
+        return x
+    if _is_tf_dataset(x):
+        return _checked_tf_dataset(model, x, name)
+    return x
+
+
+def _is_tf_dataset(x):
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return isinstance(x, tf.data.Dataset)
+
+
+def _checked_tf_dataset(model, dataset, name):
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    image_spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if isinstance(image_spec, dict) or not hasattr(image_spec, "dtype"):
+        raise ValueError(
+            f"`{name}` must yield images or (images, labels), got elements "
+            f"{spec}."
+        )
+    _check_dtype(image_spec.dtype.name, name)
+    shape = image_spec.shape
+    if shape.rank is not None:
+        known = tuple(shape[1:])
+        if len(known) != len(model.image_shape) or any(
+            d is not None and d != e for d, e in zip(known, model.image_shape)
+        ):
+            raise ValueError(
+                f"`{name}` must yield batches of shape "
+                f"{_describe_shape(model.image_shape)} to match the network, "
+                f"got {tuple(shape)}. (Did you forget to .batch() it?)"
+            )
+
+    def check(*element):
+        images = element[0]
+        if images.dtype != tf.uint8:
+            floats = tf.cast(images, tf.float32)
+            tf.debugging.assert_all_finite(
+                floats,
+                f"`{name}` contains NaN or infinite values; training on them "
+                "would give a NaN loss.",
+            )
+            tf.debugging.assert_greater_equal(
+                tf.reduce_min(floats),
+                -_RANGE_TOLERANCE,
+                f"Float `{name}` must lie in [0, 1] (divide 0-255 data by 255 "
+                "or pass uint8 images).",
+            )
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(floats),
+                1.0 + _RANGE_TOLERANCE,
+                f"Float `{name}` must lie in [0, 1] (divide 0-255 data by 255 "
+                "or pass uint8 images).",
+            )
+        return element if len(element) > 1 else element[0]
+
+    return dataset.map(check)
