@@ -1,5 +1,7 @@
 """Improved Immiscible Diffusion: keep the nearest of k noise candidates."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -25,9 +27,9 @@ class KNNSelection(NoiseAssigner):
     """
 
     def __init__(self, k=8):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
-        self.k = k
+        self.k = int(k)
 
     def draw(self, data, seed=None):
         shape = (data.shape[0], self.k) + tuple(data.shape[1:])
@@ -39,7 +41,7 @@ class KNNSelection(NoiseAssigner):
         nearest = ops.argmin(candidate_distances(data, candidates), axis=1)
         picked = ops.one_hot(nearest, self.k, dtype=candidates.dtype)
         picked = ops.reshape(
-            picked, tuple(picked.shape) + (1,) * (len(candidates.shape) - 2)
+            picked, (-1, self.k) + (1,) * (len(candidates.shape) - 2)
         )
         return ops.sum(candidates * picked, axis=1)
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_immiscible.ops.distance import flatten_rows
 from keras_immiscible.ops.validation import check_finite
 from keras_immiscible.ops.validation import check_min_rank
 from keras_immiscible.ops.validation import to_float_tensor
@@ -10,7 +11,7 @@ from keras_immiscible.ops.validation import to_float_tensor
 
 def mean_distance(data, noise):
     """Mean L2 distance between corresponding rows of `data` and `noise`."""
-    diff = ops.reshape(ops.cast(noise, data.dtype) - data, (data.shape[0], -1))
+    diff = flatten_rows(ops.cast(noise, "float32") - ops.cast(data, "float32"))
     return ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=1)))
 
 

@@ -29,6 +29,12 @@ from keras import ops
 _NEG = -1e30
 
 
+def _size(x):
+    """Static size of the first axis when known, else a scalar tensor."""
+    n = x.shape[0]
+    return int(n) if n is not None else ops.shape(x)[0]
+
+
 def _initial_state(n, benefit):
     prices = ops.zeros((n,), benefit.dtype)
     person_to_object = -ops.ones((n,), "int32")
@@ -38,7 +44,7 @@ def _initial_state(n, benefit):
 
 def _bidding_round(benefit, prices, person_to_object, object_to_person, eps):
     """One Jacobi round: all unassigned persons bid, objects pick winners."""
-    n = benefit.shape[0]
+    n = _size(benefit)
     persons = ops.arange(n, dtype="int32")
     unassigned = person_to_object < 0
 
@@ -88,7 +94,7 @@ def _bidding_round(benefit, prices, person_to_object, object_to_person, eps):
 
 def _complete(person_to_object, object_to_person):
     """Matches unassigned persons to free objects, both in index order."""
-    n = person_to_object.shape[0]
+    n = _size(person_to_object)
     free_person = person_to_object < 0
     free_object = object_to_person < 0
     person_rank = ops.cumsum(ops.cast(free_person, "int32")) - 1
@@ -109,7 +115,8 @@ def auction_assignment(
     """Minimum-cost permutation of a square cost matrix by auction.
 
     Args:
-        cost: finite float tensor of shape (n, n), n static.
+        cost: finite float tensor of shape (n, n). `n` may be dynamic
+            (e.g. an unknown batch size in a TensorFlow graph).
         epsilon: final epsilon, relative to the cost's range. Defaults to
             `1 / (64 * n)`, which bounds the total cost gap by 1/64 of the
             cost range (usually the realised gap is orders smaller).
@@ -122,15 +129,18 @@ def auction_assignment(
         int32 tensor of shape (n,): the column assigned to every row. Always
         a permutation.
     """
-    n = int(cost.shape[0])
-    if n == 1:
+    n = _size(cost)
+    static = isinstance(n, int)
+    if static and n == 1:
         return ops.zeros((1,), "int32")
     if epsilon is None:
-        epsilon = 1.0 / (64.0 * n)
+        epsilon = 1.0 / (64.0 * ops.cast(n, "float32"))
     if max_rounds is None:
-        max_rounds = max(2000, 40 * n)
-    epsilon = float(epsilon)
-    initial_epsilon = max(float(initial_epsilon), epsilon)
+        max_rounds = max(2000, 40 * n) if static else ops.maximum(2000, 40 * n)
+    epsilon = ops.cast(epsilon, "float32")
+    initial_epsilon = ops.maximum(
+        ops.cast(initial_epsilon, "float32"), epsilon
+    )
 
     cost = ops.cast(cost, "float32")
     low = ops.min(cost)
@@ -138,7 +148,7 @@ def auction_assignment(
     benefit = (ops.max(cost) - cost) / span
 
     prices, person_to_object, object_to_person = _initial_state(n, benefit)
-    eps = ops.convert_to_tensor(initial_epsilon, "float32")
+    eps = initial_epsilon
     rounds = ops.convert_to_tensor(0, "int32")
     final_eps = epsilon * (1.0 + 1e-4)
 
@@ -168,7 +178,7 @@ def auction_assignment(
         cond,
         body,
         (prices, person_to_object, object_to_person, eps, rounds),
-        maximum_iterations=max_rounds,
+        maximum_iterations=max_rounds if static else None,
     )
     _, person_to_object, object_to_person, _, _ = state
     return _complete(person_to_object, object_to_person)

@@ -90,8 +90,9 @@ def assignment_cost(x, y, metric="sq_l2", quantize=False):
     overflow float16 (a positive scale does not change the optimum).
     Inputs are assumed validated by the caller.
     """
-    x2 = flatten_rows(x)
-    y2 = flatten_rows(ops.cast(y, x.dtype))
+    # float32 at least: float16 sums over large images overflow.
+    x2 = flatten_rows(ops.cast(x, "float32"))
+    y2 = flatten_rows(ops.cast(y, "float32"))
     if quantize:
         dims = float(x2.shape[1])
         bound = ops.maximum(ops.max(ops.abs(x2)), ops.max(ops.abs(y2)))

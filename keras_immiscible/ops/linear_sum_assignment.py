@@ -10,7 +10,6 @@ from keras_immiscible.backend import is_concrete
 from keras_immiscible.ops.auction import auction_assignment
 from keras_immiscible.ops.validation import check_finite
 from keras_immiscible.ops.validation import check_rank
-from keras_immiscible.ops.validation import static_dim
 from keras_immiscible.ops.validation import to_float_tensor
 
 SOLVERS = ("scipy", "auction")
@@ -76,8 +75,8 @@ def linear_sum_assignment(cost, solver="scipy", **solver_kwargs):
     check_solver(solver)
     cost = to_float_tensor(cost, "cost")
     check_rank(cost, 2, "cost", "a (B, B) cost matrix")
-    n = static_dim(cost, 0, "cost")
-    if static_dim(cost, 1, "cost") != n:
+    n, m = cost.shape
+    if n is not None and m is not None and n != m:
         raise ValueError(
             "`cost` must be square (B, B): one column per row; got shape "
             f"{tuple(cost.shape)}."
@@ -92,6 +91,7 @@ def linear_sum_assignment(cost, solver="scipy", **solver_kwargs):
         return host_call(
             _scipy_columns, [cost], (n,), "int32", name="linear_sum_assignment"
         )
+    n = ops.shape(cost)[0] if n is None else n
     if is_concrete(cost):
         key = ("auction", tuple(sorted(solver_kwargs.items())))
         solve = compiled(lambda c: auction_assignment(c, **solver_kwargs), key)

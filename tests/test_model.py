@@ -1,0 +1,283 @@
+"""ImmiscibleDiffusion: training math, fit workflows, saving, bad input."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_immiscible as ki
+from keras_immiscible.assignment import NoiseAssigner
+from keras_immiscible.schedules import CosineSchedule
+
+BACKEND = keras.backend.backend()
+SHAPE = (8, 8, 1)
+
+
+def tiny_unet(num_classes=None):
+    return ki.layers.UNet(
+        image_shape=SHAPE,
+        widths=(8, 16),
+        block_depth=1,
+        embedding_dims=8,
+        num_classes=num_classes,
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ki.data.load_digits()
+
+
+def make_model(assignment=None, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = ki.ImmiscibleDiffusion(
+        tiny_unet(), assignment=assignment, seed=seed, **kwargs
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3))
+    return model
+
+
+class FixedNoise(NoiseAssigner):
+    """An assigner that returns a known noise, to check the training target."""
+
+    def __init__(self, noise):
+        self.noise = noise
+
+    def __call__(self, data, seed=None, return_change=False):
+        noise = keras.ops.convert_to_tensor(self.noise)
+        return (noise, keras.ops.zeros(())) if return_change else noise
+
+
+class FixedTime(CosineSchedule):
+    def sample_times(self, batch_size, seed=None):
+        return keras.ops.full((batch_size,), 0.3, "float32")
+
+
+def half_network():
+    """A network whose output is half its noisy input (noise level unused)."""
+    noisy = keras.Input(SHAPE)
+    level = keras.Input((1, 1, 1))
+    out = keras.layers.Rescaling(0.5)(noisy)
+    out = keras.layers.Add()([out, keras.layers.Rescaling(0.0)(level)])
+    return keras.Model([noisy, level], out)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+def test_loss_trains_on_the_assigned_noise(digits, prediction):
+    images = digits[:4]
+    noise = np.random.default_rng(0).standard_normal(images.shape)
+    noise = noise.astype("float32")
+    schedule = FixedTime()
+    model = ki.ImmiscibleDiffusion(
+        half_network(),
+        schedule=schedule,
+        assignment=FixedNoise(noise),
+        prediction=prediction,
+    )
+    loss = keras.ops.convert_to_numpy(model.compute_loss(x=images))
+
+    angle_min, angle_max = np.arccos(0.95), np.arccos(0.02)
+    angle = angle_min + 0.3 * (angle_max - angle_min)
+    a, s = np.cos(angle), np.sin(angle)
+    data = images * 2.0 - 1.0
+    noisy = a * data + s * noise
+    target = {"epsilon": noise, "x0": data, "v": a * noise - s * data}
+    expected = np.mean((0.5 * noisy - target[prediction]) ** 2)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_prediction_conversions_are_exact():
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((3, 8, 8, 1)).astype("float32")
+    noise = rng.standard_normal((3, 8, 8, 1)).astype("float32")
+    t = np.array([0.1, 0.5, 0.9], "float32")
+    for prediction in ["epsilon", "x0", "v"]:
+        model = ki.ImmiscibleDiffusion(tiny_unet(), prediction=prediction)
+        a, s = model._rates(t)
+        noisy = a * data + s * noise
+        target = model.training_target(data, noise, a, s)
+        pred_noise, pred_data = model.split_prediction(target, noisy, a, s)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(pred_noise), noise, atol=2e-4
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(pred_data), data, atol=2e-4
+        )
+
+
+@pytest.mark.parametrize("assignment", [None, "linear", "knn"])
+def test_training_lowers_the_loss_and_logs_the_gain(digits, assignment):
+    model = make_model(assignment)
+    history = model.fit(
+        digits[:512], batch_size=64, epochs=4, verbose=0, shuffle=False
+    )
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    gains = history.history["assignment_gain"]
+    if assignment is None:
+        assert gains == [0.0] * 4
+    else:
+        # Assigned noise is closer to the data than a plain draw.
+        assert all(g > 0.01 for g in gains), gains
+
+
+def test_same_seed_same_weights_and_samples(digits):
+    results = []
+    for _ in range(2):
+        model = make_model("linear", seed=3)
+        model.fit(digits[:128], batch_size=32, epochs=1, verbose=0,
+                  shuffle=False)
+        weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        results.append((weights, model.generate(4, steps=3, seed=7)))
+    for w1, w2 in zip(results[0][0], results[1][0]):
+        np.testing.assert_array_equal(w1, w2)
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    other = model.generate(4, steps=3, seed=8)
+    assert not np.allclose(other, results[1][1])
+
+
+def test_save_load_generate_and_resume(digits, tmp_path):
+    model = make_model("knn", seed=1)
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3, use_ema=True))
+    model.fit(digits[:128], batch_size=32, epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.assigner, ki.assignment.KNNSelection)
+    assert loaded.assigner.k == 8
+    np.testing.assert_array_equal(
+        model.generate(4, steps=3, seed=0), loaded.generate(4, steps=3, seed=0)
+    )
+    # Training resumes from the saved optimizer state.
+    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
+    before = keras.ops.convert_to_numpy(loaded.network.weights[0])
+    loaded.fit(digits[:64], batch_size=32, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 4 + 2
+    after = keras.ops.convert_to_numpy(loaded.network.weights[0])
+    assert not np.allclose(before, after)
+
+
+def test_generate_uses_ema_weights_after_fit(digits):
+    model = make_model(None, seed=2)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            1e-2, use_ema=True, ema_momentum=0.5
+        )
+    )
+    raw = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw["w"] = keras.ops.convert_to_numpy(
+                self.model.network.trainable_weights[0]
+            )
+            average = self.model.optimizer._model_variables_moving_average
+            raw["ema"] = keras.ops.convert_to_numpy(average[0])
+
+    model.fit(digits[:96], batch_size=32, epochs=1, verbose=0,
+              callbacks=[Capture()])
+    final = keras.ops.convert_to_numpy(model.network.trainable_weights[0])
+    np.testing.assert_allclose(final, raw["ema"], atol=1e-6)
+    assert not np.allclose(final, raw["w"])
+
+
+def test_generate_returns_the_callers_range_and_dtype(digits):
+    model = make_model(None)
+    model.fit(digits[:64], batch_size=32, epochs=1, verbose=0)
+    samples = model.generate(3, steps=2, seed=0)
+    assert samples.dtype == np.float32 and samples.shape == (3,) + SHAPE
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
+    uint8 = (digits[:64] * 255).round().astype("uint8")
+    model = make_model(None)
+    model.fit(uint8, batch_size=32, epochs=1, verbose=0)
+    samples = model.generate(3, steps=2, seed=0)
+    assert samples.dtype == np.uint8
+    # Normalisation: uint8 and float inputs mean the same images.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.normalize(uint8[:2])),
+        uint8[:2] / 255.0 * 2 - 1,
+        atol=1e-6,
+    )
+
+
+def test_fit_with_tf_data_partial_batches_and_batch_size_one(digits):
+    tf = pytest.importorskip("tensorflow")
+    model = make_model("linear")
+    dataset = tf.data.Dataset.from_tensor_slices(digits[:70]).batch(32)
+    history = model.fit(dataset, epochs=1, verbose=0)  # 32, 32, 6
+    assert np.isfinite(history.history["loss"][0])
+    history = model.fit(digits[:3], batch_size=1, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    # A batch of one: linear assignment is the identity, the gain is zero.
+    assert history.history["assignment_gain"][0] == pytest.approx(0.0, abs=1e-6)
+    result = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert np.isfinite(result["loss"])
+
+
+def test_class_conditional_network(digits):
+    tf = pytest.importorskip("tensorflow")
+    images, labels = ki.data.load_digits(return_labels=True)
+    model = ki.ImmiscibleDiffusion(tiny_unet(num_classes=10), assignment="knn")
+    model.compile(optimizer="adamw")
+    model.fit(images[:64], labels[:64], batch_size=32, epochs=1, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images[:64], labels[:64])
+    ).batch(32)
+    model.fit(dataset, epochs=1, verbose=0)
+    samples = model.generate(2, steps=2, seed=0, labels=[3, 4])
+    assert samples.shape == (2,) + SHAPE
+    with pytest.raises(ValueError, match="labels"):
+        model.generate(2, steps=2, seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+
+
+def test_bad_input_gets_clear_errors(digits):
+    model = make_model(None)
+    with pytest.raises(ValueError, match="shape"):
+        model.fit(np.zeros((4, 8, 8), "float32"), verbose=0)
+    with pytest.raises(ValueError, match="shape"):
+        model.fit(np.zeros((4, 16, 16, 1), "float32"), verbose=0)
+    with pytest.raises(TypeError, match="dtype"):
+        model.fit(np.array([["a"] * 4] * 4), verbose=0)
+    bad = digits[:8].copy()
+    bad[3, 2, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(bad, verbose=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.fit(digits[:8] * 255.0, verbose=0)
+    with pytest.raises(ValueError, match="prediction"):
+        ki.ImmiscibleDiffusion(tiny_unet(), prediction="score")
+    with pytest.raises(TypeError, match="network"):
+        ki.ImmiscibleDiffusion("unet")
+    with pytest.raises(ValueError, match="loss"):
+        model.compile(optimizer="adam", loss="mse")
+
+
+def test_nan_in_a_tf_data_batch_raises(digits):
+    tf = pytest.importorskip("tensorflow")
+    model = make_model(None)
+    bad = digits[:64].copy()
+    bad[40, 0, 0, 0] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices(bad).batch(32)
+    with pytest.raises(Exception, match="NaN"):
+        model.fit(dataset, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="shape"):
+        model.fit(tf.data.Dataset.from_tensor_slices(digits[:8]), verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow XLA modes")
+def test_tensorflow_picks_a_working_compile_mode():
+    model = ki.ImmiscibleDiffusion(tiny_unet(), assignment="linear")
+    with pytest.warns(UserWarning, match="jit_compile=False"):
+        model.compile(optimizer="adamw")
+    assert model.jit_compile is False
+    model = ki.ImmiscibleDiffusion(
+        tiny_unet(), assignment=ki.assignment.LinearAssignment("auction")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.compile(optimizer="adamw", jit_compile=True)
+    assert model.jit_compile is True

@@ -1,0 +1,483 @@
+"""Tests of `keras_immiscible.ops` against independent references.
+
+References: `scipy.optimize.linear_sum_assignment` on float64 copies of the
+costs (the exact optimum), and numpy brute force for distances and nearest
+candidates. Auction results are judged by the fraction of the achievable
+reduction they miss: `(auction - optimum) / (identity - optimum)`.
+"""
+
+import importlib
+
+import keras
+import numpy as np
+import pytest
+import scipy.optimize
+
+from keras_immiscible import ops as kops
+
+BACKEND = keras.backend.backend()
+lsa_module = importlib.import_module("keras_immiscible.ops.linear_sum_assignment")
+scipy_lsa = scipy.optimize.linear_sum_assignment  # bound before any monkeypatch
+
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="jax.jit test")
+tf_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function test")
+
+
+# ---------------------------------------------------------------------------
+# Helpers (independent numpy references).
+# ---------------------------------------------------------------------------
+
+
+def to_np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def check_permutation(columns, n):
+    """Asserts an int32 (n,) permutation of range(n); returns it as numpy."""
+    columns = to_np(columns)
+    assert columns.dtype == np.int32, columns.dtype
+    assert columns.shape == (n,), columns.shape
+    np.testing.assert_array_equal(np.sort(columns), np.arange(n))
+    return columns
+
+
+def total_cost(cost, columns):
+    cost = np.asarray(cost, np.float64)
+    return float(cost[np.arange(len(columns)), columns].sum())
+
+
+def optimum(cost):
+    cost = np.asarray(cost, np.float64)
+    rows, cols = scipy_lsa(cost)
+    return float(cost[rows, cols].sum())
+
+
+def missed_fraction(cost, columns):
+    """(total - optimum) / (identity - optimum): 0 is optimal."""
+    opt = optimum(cost)
+    gain = float(np.trace(np.asarray(cost, np.float64))) - opt
+    assert gain > 0, "test problem where the identity is already optimal"
+    return (total_cost(cost, columns) - opt) / gain
+
+
+def np_pairwise(x, y, metric):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    sq = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    return sq if metric == "sq_l2" else np.sqrt(sq)
+
+
+def digits_and_noise(digits, n, seed):
+    x = digits[:n].reshape(n, -1)
+    noise = np.random.default_rng(seed).normal(size=x.shape).astype("float32")
+    return x, noise
+
+
+# ---------------------------------------------------------------------------
+# pairwise_distance
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["sq_l2", "l2"])
+def test_pairwise_distance_matches_numpy(metric):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 4, 4, 3)).astype("float32")
+    y = rng.normal(size=(7, 4, 4, 3)).astype("float32")
+    out = to_np(kops.pairwise_distance(x, y, metric=metric))
+    assert out.shape == (5, 7)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np_pairwise(x, y, metric), rtol=1e-5, atol=1e-4)
+
+
+def test_pairwise_distance_default_metric_is_squared():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 6)).astype("float32")
+    y = rng.normal(size=(2, 6)).astype("float32")
+    np.testing.assert_allclose(
+        to_np(kops.pairwise_distance(x, y)),
+        np_pairwise(x, y, "sq_l2"),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("metric", ["sq_l2", "l2"])
+def test_pairwise_distance_to_itself_is_zero_and_never_negative(metric):
+    # The `|x|^2 + |y|^2 - 2 x.y` form cancels on the diagonal; it must be
+    # clamped at 0 (no negative squared distances, no NaN from the sqrt).
+    rng = np.random.default_rng(2)
+    x = (10.0 + rng.normal(size=(6, 4, 4, 3))).astype("float32")
+    out = to_np(kops.pairwise_distance(x, x, metric=metric))
+    assert np.all(np.isfinite(out))
+    assert np.all(out >= 0.0)
+    scale = np_pairwise(x, x, metric).max()
+    assert np.all(np.diag(out) <= (1e-4 if metric == "sq_l2" else 3e-2) * scale)
+    off = ~np.eye(6, dtype=bool)
+    np.testing.assert_allclose(
+        out[off], np_pairwise(x, x, metric)[off], rtol=1e-3
+    )
+
+
+def test_pairwise_distance_bad_inputs():
+    x = np.zeros((3, 4, 4, 3), "float32")
+    with pytest.raises(ValueError, match="`x` and `y`"):
+        kops.pairwise_distance(x, np.zeros((3, 4, 4, 2), "float32"))
+    with pytest.raises(ValueError, match="`x` and `y`"):
+        kops.pairwise_distance(x, np.zeros((3, 48), "float32"))
+    with pytest.raises(ValueError, match="metric"):
+        kops.pairwise_distance(x, x, metric="l1")
+    with pytest.raises(ValueError, match="metric"):
+        kops.pairwise_distance(x, x, metric=None)
+    with pytest.raises(ValueError, match="`x`"):
+        kops.pairwise_distance(np.zeros((3,), "float32"), x)
+    with pytest.raises(TypeError, match="`y`"):
+        kops.pairwise_distance(x, np.zeros((3, 4, 4, 3), "int32"))
+    bad = x.copy()
+    bad[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="`x`"):
+        kops.pairwise_distance(bad, x)
+    bad[1, 2, 3, 0] = np.inf
+    with pytest.raises(ValueError, match="`y`"):
+        kops.pairwise_distance(x, bad)
+
+
+# ---------------------------------------------------------------------------
+# knn_select
+# ---------------------------------------------------------------------------
+
+
+def test_knn_select_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 4, 4, 3)).astype("float32")
+    candidates = rng.normal(size=(6, 5, 4, 4, 3)).astype("float32")
+    # Pull one candidate of every row towards it, at a varying position, so
+    # that the answer is not always the same index.
+    for i in range(6):
+        candidates[i, i % 5] = x[i] + 0.5 * candidates[i, i % 5]
+    out = to_np(kops.knn_select(x, candidates))
+    sq = ((candidates - x[:, None]).reshape(6, 5, -1).astype(np.float64) ** 2).sum(-1)
+    expected = np.argmin(sq, axis=1)
+    np.testing.assert_array_equal(expected, np.arange(6) % 5)
+    assert out.dtype == np.int32 and out.shape == (6,)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_knn_select_random_rows_match_numpy():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    candidates = rng.normal(size=(64, 7, 8)).astype("float32")
+    sq = ((candidates - x[:, None]).astype(np.float64) ** 2).sum(-1)
+    np.testing.assert_array_equal(to_np(kops.knn_select(x, candidates)), sq.argmin(1))
+
+
+def test_knn_select_docstring_example():
+    x = np.zeros((1, 2), "float32")
+    candidates = np.array([[[3.0, 0.0], [1.0, 1.0], [0.0, 2.0]]], "float32")
+    np.testing.assert_array_equal(to_np(kops.knn_select(x, candidates)), [1])
+
+
+def test_knn_select_bad_inputs():
+    x = np.zeros((4, 3, 3), "float32")
+    candidates = np.zeros((4, 2, 3, 3), "float32")
+    with pytest.raises(ValueError, match="batch size"):
+        kops.knn_select(x, np.zeros((5, 2, 3, 3), "float32"))
+    with pytest.raises(ValueError, match="`candidates`"):
+        kops.knn_select(x, np.zeros((4, 2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match="`candidates`"):
+        kops.knn_select(x, np.zeros((4, 9), "float32"))
+    with pytest.raises(TypeError, match="`x`"):
+        kops.knn_select(x.astype("int32"), candidates)
+    bad = x.copy()
+    bad[2, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="`x`"):
+        kops.knn_select(bad, candidates)
+    bad = candidates.copy()
+    bad[3, 1, 0, 2] = np.nan
+    with pytest.raises(ValueError, match="`candidates`"):
+        kops.knn_select(x, bad)
+
+
+# ---------------------------------------------------------------------------
+# linear_sum_assignment, solver="scipy" (exact)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 31, 64])
+def test_scipy_solver_is_optimal_on_random_costs(n):
+    rng = np.random.default_rng(100 + n)
+    for cost in (
+        rng.uniform(size=(n, n)).astype("float32"),
+        rng.normal(scale=50.0, size=(n, n)).astype("float32"),
+        # Many ties: integer-valued costs.
+        rng.integers(0, 3, size=(n, n)).astype("float32"),
+    ):
+        columns = check_permutation(kops.linear_sum_assignment(cost, solver="scipy"), n)
+        assert total_cost(cost, columns) == pytest.approx(optimum(cost), rel=1e-9, abs=1e-9)
+
+
+def test_scipy_solver_is_the_default_and_docstring_example():
+    cost = np.array([[4.0, 1.0], [2.0, 8.0]], "float32")
+    np.testing.assert_array_equal(to_np(kops.linear_sum_assignment(cost)), [1, 0])
+    np.testing.assert_array_equal(
+        to_np(kops.linear_sum_assignment(cost, solver="auction")), [1, 0]
+    )
+
+
+def test_scipy_solver_unique_optimum_is_found_exactly():
+    # A hidden permutation with a much cheaper diagonal: the unique optimum.
+    rng = np.random.default_rng(7)
+    n = 64
+    perm = rng.permutation(n)
+    cost = rng.uniform(1.0, 2.0, size=(n, n)).astype("float32")
+    cost[np.arange(n), perm] = 0.0
+    for solver in ("scipy", "auction"):
+        columns = check_permutation(kops.linear_sum_assignment(cost, solver=solver), n)
+        np.testing.assert_array_equal(columns, perm)
+
+
+def test_scipy_solver_accepts_other_float_dtypes():
+    rng = np.random.default_rng(8)
+    cost = rng.uniform(size=(9, 9))
+    for dtype in ("float16", "float64"):
+        c = cost.astype(dtype)
+        columns = check_permutation(kops.linear_sum_assignment(c), 9)
+        assert total_cost(c, columns) == pytest.approx(optimum(c), rel=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["sq_l2", "l2"])
+def test_scipy_solver_on_digits_vs_noise(digits, metric):
+    x, noise = digits_and_noise(digits, 256, seed=11)
+    cost = to_np(kops.pairwise_distance(x, noise, metric=metric))
+    # The ops' cost is the brute-force one (up to float32 rounding)...
+    np.testing.assert_allclose(cost, np_pairwise(x, noise, metric), rtol=1e-4)
+    columns = check_permutation(kops.linear_sum_assignment(cost, solver="scipy"), 256)
+    # ... and the solver reaches scipy's optimum on it.
+    assert total_cost(cost, columns) == pytest.approx(optimum(cost), rel=1e-9)
+    assert total_cost(cost, columns) < np.trace(cost.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------
+# linear_sum_assignment, solver="auction"
+# ---------------------------------------------------------------------------
+
+
+def test_auction_near_optimal_on_20_random_uniform_costs():
+    rng = np.random.default_rng(2024)
+    worst = 0.0
+    for _ in range(20):
+        cost = rng.uniform(size=(256, 256)).astype("float32")
+        columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), 256)
+        worst = max(worst, missed_fraction(cost, columns))
+    assert worst <= 1e-3, worst
+
+
+@pytest.mark.parametrize("metric", ["sq_l2", "l2"])
+def test_auction_near_optimal_on_digits_vs_noise(digits, metric):
+    x, noise = digits_and_noise(digits, 256, seed=12)
+    cost = to_np(kops.pairwise_distance(x, noise, metric=metric))
+    columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), 256)
+    assert missed_fraction(cost, columns) <= 1e-3
+
+
+def test_auction_respects_documented_bound_on_shifted_costs():
+    # Costs far from zero and negative: the auction rescales them, so the
+    # documented bound n * epsilon * (max - min) must hold in cost units.
+    rng = np.random.default_rng(13)
+    n = 64
+    cost = (-1e4 + 300.0 * rng.normal(size=(n, n))).astype("float32")
+    columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), n)
+    span = float(cost.max() - cost.min())
+    epsilon = 1.0 / (64 * n)  # the documented default
+    assert total_cost(cost, columns) - optimum(cost) <= n * epsilon * span
+    assert missed_fraction(cost, columns) <= 1e-3
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_auction_tiny_problems(n):
+    rng = np.random.default_rng(20 + n)
+    for _ in range(5):
+        cost = rng.uniform(size=(n, n)).astype("float32")
+        columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), n)
+        span = float(cost.max() - cost.min())
+        # Documented bound with the default epsilon 1 / (64 n).
+        assert total_cost(cost, columns) - optimum(cost) <= span / 64 + 1e-6
+        # Bound hit at once: still a permutation.
+        check_permutation(
+            kops.linear_sum_assignment(cost, solver="auction", max_rounds=1), n
+        )
+
+
+def test_auction_constant_cost_is_a_permutation():
+    check_permutation(
+        kops.linear_sum_assignment(np.ones((64, 64), "float32"), solver="auction"), 64
+    )
+
+
+def test_auction_with_tiny_max_rounds_is_still_a_permutation():
+    rng = np.random.default_rng(30)
+    for cost in (
+        rng.uniform(size=(256, 256)).astype("float32"),
+        rng.normal(size=(256, 256)).astype("float32"),
+        np.ones((256, 256), "float32"),
+    ):
+        columns = check_permutation(
+            kops.linear_sum_assignment(cost, solver="auction", max_rounds=3), 256
+        )
+        if np.ptp(cost) > 0:
+            # Three rounds cannot seat 256 persons: the fill-in path was
+            # exercised (the result is far from optimal).
+            assert missed_fraction(cost, columns) > 1e-3
+
+
+def test_auction_epsilon_option_is_honoured():
+    # A finer final epsilon than the default: its (tighter) documented bound
+    # n * epsilon * (max - min) must hold.
+    rng = np.random.default_rng(31)
+    n = 64
+    cost = rng.uniform(size=(n, n)).astype("float32")
+    fine = check_permutation(
+        kops.linear_sum_assignment(cost, solver="auction", epsilon=1e-6), n
+    )
+    assert total_cost(cost, fine) - optimum(cost) <= n * 1e-6 * float(np.ptp(cost)) + 1e-5
+
+
+# ---------------------------------------------------------------------------
+# Compiled functions (backend-specific)
+# ---------------------------------------------------------------------------
+
+
+@jax_only
+def test_auction_inside_jax_jit_matches_eager(digits):
+    import jax
+
+    x, noise = digits_and_noise(digits, 128, seed=14)
+    cost = to_np(kops.pairwise_distance(x, noise))
+    solve = jax.jit(lambda c: kops.linear_sum_assignment(c, solver="auction"))
+    jitted = check_permutation(solve(cost), 128)
+    np.testing.assert_array_equal(
+        jitted, to_np(kops.linear_sum_assignment(cost, solver="auction"))
+    )
+    assert missed_fraction(cost, jitted) <= 1e-3
+
+
+@jax_only
+def test_scipy_solver_inside_jax_jit_matches_scipy():
+    import jax
+
+    rng = np.random.default_rng(15)
+    cost = rng.uniform(size=(40, 40)).astype("float32")
+    solve = jax.jit(lambda c: kops.linear_sum_assignment(c, solver="scipy"))
+    columns = check_permutation(solve(cost), 40)
+    assert total_cost(cost, columns) == pytest.approx(optimum(cost), rel=1e-9)
+
+
+@jax_only
+def test_non_finite_cost_inside_jax_jit():
+    import jax
+
+    rng = np.random.default_rng(16)
+    cost = rng.uniform(size=(12, 12)).astype("float32")
+    auction = jax.jit(lambda c: kops.linear_sum_assignment(c, solver="auction"))
+    for value in (np.nan, np.inf):
+        bad = cost.copy()
+        bad[3, 5] = value
+        # Documented: the on-device solver leaves the noise unassigned.
+        np.testing.assert_array_equal(to_np(auction(bad)), np.arange(12))
+    # And a finite cost through the same compiled function is solved.
+    assert missed_fraction(cost, check_permutation(auction(cost), 12)) <= 1e-3
+
+    exact = jax.jit(lambda c: kops.linear_sum_assignment(c, solver="scipy"))
+    bad = cost.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(Exception, match="NaN"):
+        to_np(exact(bad))
+
+
+@tf_only
+def test_auction_inside_tf_function_xla_matches_eager(digits):
+    import tensorflow as tf
+
+    x, noise = digits_and_noise(digits, 128, seed=14)
+    cost = to_np(kops.pairwise_distance(x, noise, metric="l2"))
+    eager = to_np(kops.linear_sum_assignment(cost, solver="auction"))
+    xla = tf.function(
+        lambda c: kops.linear_sum_assignment(c, solver="auction"), jit_compile=True
+    )
+    np.testing.assert_array_equal(check_permutation(xla(cost), 128), eager)
+    assert missed_fraction(cost, eager) <= 1e-3
+    # A NaN reaching the compiled solver gives the identity (documented).
+    bad = cost.copy()
+    bad[0, 1] = np.nan
+    np.testing.assert_array_equal(to_np(xla(bad)), np.arange(128))
+
+
+@tf_only
+def test_scipy_solver_inside_tf_function():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(17)
+    cost = rng.uniform(size=(40, 40)).astype("float32")
+
+    xla = tf.function(
+        lambda c: kops.linear_sum_assignment(c, solver="scipy"), jit_compile=True
+    )
+    with pytest.raises(RuntimeError, match="jit_compile=False") as info:
+        xla(cost)
+    assert "auction" in str(info.value)
+
+    graph = tf.function(lambda c: kops.linear_sum_assignment(c, solver="scipy"))
+    out = graph(cost)
+    assert out.shape == (40,)  # static shape known to the graph
+    columns = check_permutation(out, 40)
+    assert total_cost(cost, columns) == pytest.approx(optimum(cost), rel=1e-9)
+
+    bad = cost.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(Exception, match="NaN"):
+        graph(bad)
+
+
+# ---------------------------------------------------------------------------
+# linear_sum_assignment: bad input
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["scipy", "auction"])
+def test_cost_bad_shape_and_dtype(solver):
+    with pytest.raises(ValueError, match="`cost`"):
+        kops.linear_sum_assignment(np.zeros((4,), "float32"), solver=solver)
+    with pytest.raises(ValueError, match="`cost`"):
+        kops.linear_sum_assignment(np.zeros((2, 4, 4), "float32"), solver=solver)
+    with pytest.raises(ValueError, match="`cost`"):
+        kops.linear_sum_assignment(np.zeros((3, 4), "float32"), solver=solver)
+    for dtype in ("int32", "int64", "bool"):
+        with pytest.raises(TypeError, match="`cost`"):
+            kops.linear_sum_assignment(np.zeros((3, 3), dtype), solver=solver)
+    with pytest.raises(TypeError, match="`cost`"):
+        kops.linear_sum_assignment(None, solver=solver)
+    with pytest.raises(TypeError, match="`cost`"):
+        kops.linear_sum_assignment("cost", solver=solver)
+
+
+@pytest.mark.parametrize("solver", ["scipy", "auction"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_cost_is_rejected_before_any_solver(monkeypatch, solver, value):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a non-finite cost reached the solver")
+
+    monkeypatch.setattr(scipy.optimize, "linear_sum_assignment", must_not_run)
+    monkeypatch.setattr(lsa_module, "auction_assignment", must_not_run)
+    monkeypatch.setattr(lsa_module, "_scipy_columns", must_not_run)
+    cost = np.random.default_rng(18).uniform(size=(6, 6)).astype("float32")
+    cost[4, 1] = value
+    with pytest.raises(ValueError, match="`cost`"):
+        kops.linear_sum_assignment(cost, solver=solver)
+
+
+def test_unknown_solver_and_options():
+    cost = np.eye(3, dtype="float32")
+    for solver in ("hungarian", "Scipy", None):
+        with pytest.raises(ValueError, match="solver"):
+            kops.linear_sum_assignment(cost, solver=solver)
+    with pytest.raises(TypeError, match="scipy"):
+        kops.linear_sum_assignment(cost, solver="scipy", max_rounds=3)
