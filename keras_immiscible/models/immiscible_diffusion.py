@@ -312,7 +312,9 @@ class ImmiscibleDiffusion(keras.Model):
         outputs = []
         for start in range(0, num_images, batch_size):
             count = min(batch_size, num_images - start)
-            chunk_labels = None if labels is None else labels[start:start + count]
+            chunk_labels = None
+            if labels is not None:
+                chunk_labels = ops.convert_to_tensor(labels[start:start + count])
             noise = keras.random.normal(
                 (count,) + tuple(self.image_shape), seed=seed_generator
             )
