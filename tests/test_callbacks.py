@@ -339,3 +339,43 @@ def test_callback_argument_errors():
         callbacks.GenerativeEvaluation(np.zeros((4, 4, 4, 1)), num_images=0)
     with pytest.raises(ValueError, match="metrics"):
         callbacks.GenerativeEvaluation(np.zeros((4, 4, 4, 1)), metrics=["psnr"])
+
+
+def test_callbacks_with_the_real_diffusion_model(tmp_path):
+    """Integration: ImmiscibleDiffusion + SampleGrid + GenerativeEvaluation."""
+    import keras_immiscible as ki
+    from PIL import Image
+
+    keras.utils.set_random_seed(0)
+    images = ki.data.load_digits()[:64]
+    net = ki.layers.UNet(
+        image_shape=(8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8
+    )
+    model = ki.ImmiscibleDiffusion(net, assignment="knn", seed=0)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, use_ema=True))
+    pattern = os.path.join(str(tmp_path), "grid_{epoch:02d}.png")
+    flat = lambda x: np.reshape(np.asarray(x, "float32"), (len(x), -1))  # noqa: E731
+    kid = metrics.KID(feature_extractor=flat, subset_size=16, num_subsets=4)
+    csv_path = os.path.join(str(tmp_path), "log.csv")
+    history = model.fit(
+        images,
+        batch_size=32,
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            callbacks.SampleGrid(pattern, num_images=4, steps=2, scale=2),
+            callbacks.GenerativeEvaluation(
+                images, metrics=[kid], num_images=16, steps=2, batch_size=16,
+                verbose=0,
+            ),
+            keras.callbacks.CSVLogger(csv_path),
+        ],
+    )
+    for epoch in (1, 2):
+        with Image.open(pattern.format(epoch=epoch)) as png:
+            # 2x2 grid of 8x8 tiles, 1-pixel padding, scaled by 2.
+            assert png.size[0] == png.size[1] and png.size[0] >= 2 * 2 * 8
+    values = history.history["val_kid"]
+    assert len(values) == 2 and all(np.isfinite(values))
+    with open(csv_path) as f:
+        assert "val_kid" in f.readline()
