@@ -450,6 +450,8 @@ def test_cost_bad_shape_and_dtype(solver):
         kops.linear_sum_assignment(np.zeros((2, 4, 4), "float32"), solver=solver)
     with pytest.raises(ValueError, match="`cost`"):
         kops.linear_sum_assignment(np.zeros((3, 4), "float32"), solver=solver)
+    with pytest.raises(ValueError, match="at least one row"):
+        kops.linear_sum_assignment(np.zeros((0, 0), "float32"), solver=solver)
     for dtype in ("int32", "int64", "bool"):
         with pytest.raises(TypeError, match="`cost`"):
             kops.linear_sum_assignment(np.zeros((3, 3), dtype), solver=solver)

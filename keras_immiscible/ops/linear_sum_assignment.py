@@ -76,6 +76,8 @@ def linear_sum_assignment(cost, solver="scipy", **solver_kwargs):
     cost = to_float_tensor(cost, "cost")
     check_rank(cost, 2, "cost", "a (B, B) cost matrix")
     n, m = cost.shape
+    if n == 0:
+        raise ValueError("`cost` must have at least one row, got shape (0, 0).")
     if n is not None and m is not None and n != m:
         raise ValueError(
             "`cost` must be square (B, B): one column per row; got shape "
