@@ -192,23 +192,23 @@ class ImmiscibleDiffusion(keras.Model):
             return ops.cast(ops.round(images * 255.0), "uint8")
         return images
 
+    def _per_sample(self, values):
+        """Reshapes (B,) to (B, 1, ..., 1) to broadcast against images."""
+        return ops.reshape(values, (-1,) + (1,) * len(self.image_shape))
+
     def _rates(self, t):
         signal_rate, noise_rate = self.schedule(t)
-        shape = (-1,) + (1,) * len(self.image_shape)
-        return ops.reshape(signal_rate, shape), ops.reshape(noise_rate, shape)
+        return self._per_sample(signal_rate), self._per_sample(noise_rate)
 
-    def _predict(self, noisy, t, labels=None, training=False):
-        noise_level = ops.reshape(
-            self.schedule.conditioning(t), (-1,) + (1,) * len(self.image_shape)
-        )
-        inputs = [noisy, noise_level]
+    def _network_inputs(self, noisy, t, labels=None):
+        inputs = [noisy, self._per_sample(self.schedule.conditioning(t))]
         if self.num_classes_input:
             if labels is None:
                 raise ValueError(
                     "The network is class-conditional: pass `labels`."
                 )
             inputs.append(labels)
-        return self.network(inputs, training=training)
+        return inputs
 
     def split_prediction(self, prediction, noisy, signal_rate, noise_rate):
         """Converts the network output into `(pred_noise, pred_data)`."""
@@ -250,7 +250,9 @@ class ImmiscibleDiffusion(keras.Model):
         t = self.schedule.sample_times(batch_size, seed=self.seed_generator)
         signal_rate, noise_rate = self._rates(t)
         noisy = signal_rate * data + noise_rate * noise
-        prediction = self._predict(noisy, t, labels, training=training)
+        prediction = self.network(
+            self._network_inputs(noisy, t, labels), training=training
+        )
         target = self.training_target(data, noise, signal_rate, noise_rate)
         error = ops.cast(prediction, "float32") - target
         if self.loss_type == "mse":
@@ -299,6 +301,11 @@ class ImmiscibleDiffusion(keras.Model):
                 "The network is class-conditional: pass `labels` "
                 "(num_images,) to generate()."
             )
+        if labels is not None and not self.num_classes_input:
+            raise ValueError(
+                "The network is unconditional: build it with `num_classes` "
+                "to generate with `labels`."
+            )
         if labels is not None:
             labels = np.asarray(labels).astype("int32").reshape(-1)
             if labels.shape[0] != num_images:
@@ -334,14 +341,7 @@ class ImmiscibleDiffusion(keras.Model):
         network = self._inference_network
 
         def denoise(noisy, t):
-            noise_level = ops.reshape(
-                self.schedule.conditioning(t),
-                (-1,) + (1,) * len(self.image_shape),
-            )
-            inputs = [noisy, noise_level]
-            if labels is not None:
-                inputs.append(labels)
-            prediction = network(inputs)
+            prediction = network(self._network_inputs(noisy, t, labels))
             signal_rate, noise_rate = self._rates(t)
             return self.split_prediction(
                 prediction, noisy, signal_rate, noise_rate

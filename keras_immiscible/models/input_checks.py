@@ -113,11 +113,8 @@ def check_dataset(model, x, name="x"):
     """Checks what `fit`/`evaluate` receive; returns it (maybe wrapped)."""
     if x is None:
         return x
-    if isinstance(x, np.ndarray) or (
-        isinstance(x, (list, tuple)) and not _is_tf_dataset(x)
-        and len(x) and isinstance(x[0], np.ndarray) and len(x) == 1
-    ):
-        array = np.asarray(x if isinstance(x, np.ndarray) else x[0])
+    array = x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x
+    if isinstance(array, np.ndarray):
         if array.dtype.kind not in "fu" or (
             array.dtype.kind == "u" and array.dtype != np.uint8
         ):

@@ -64,18 +64,20 @@ def pairwise_distance(x, y, metric="sq_l2"):
     _matching_features(x, y)
     check_finite(x, "x")
     check_finite(y, "y")
-    y = ops.cast(y, x.dtype)
-    x2 = flatten_rows(x)
-    y2 = flatten_rows(y)
+    sq = squared_distances(flatten_rows(x), flatten_rows(ops.cast(y, x.dtype)))
+    return sq if metric == "sq_l2" else ops.sqrt(sq)
+
+
+def squared_distances(x2, y2, cross=None):
+    """(B, M) squared L2 distances of flat rows, from norms and `-2 x.y^T`."""
+    if cross is None:
+        cross = -2.0 * ops.matmul(x2, ops.transpose(y2))
     sq = (
         ops.sum(ops.square(x2), axis=1)[:, None]
         + ops.sum(ops.square(y2), axis=1)[None, :]
-        - 2.0 * ops.matmul(x2, ops.transpose(y2))
+        + cross
     )
-    sq = ops.maximum(sq, 0.0)
-    if metric == "sq_l2":
-        return sq
-    return ops.sqrt(sq)
+    return ops.maximum(sq, 0.0)
 
 
 def assignment_cost(x, y, metric="sq_l2", quantize=False):
@@ -105,9 +107,4 @@ def assignment_cost(x, y, metric="sq_l2", quantize=False):
     cross = -2.0 * ops.matmul(x2, ops.transpose(y2))
     if metric == "sq_l2":
         return ops.cast(cross, "float32")
-    sq = (
-        ops.sum(ops.square(x2), axis=1)[:, None]
-        + ops.sum(ops.square(y2), axis=1)[None, :]
-        + cross
-    )
-    return ops.cast(ops.sqrt(ops.maximum(sq, 0.0)), "float32")
+    return ops.cast(ops.sqrt(squared_distances(x2, y2, cross)), "float32")

@@ -50,14 +50,5 @@ def knn_select(x, candidates):
 
 def candidate_distances(x, candidates):
     """(B, k) squared L2 distances from each row to its candidates."""
-    k = candidates.shape[1]
-    x = ops.cast(x, candidates.dtype)
-    diff = candidates - ops.expand_dims(x, 1)
-    return ops.sum(ops.reshape(ops.square(diff), (-1, k, _features(x))), axis=-1)
-
-
-def _features(x):
-    dims = 1
-    for d in x.shape[1:]:
-        dims *= int(d)
-    return dims
+    diff = candidates - ops.expand_dims(ops.cast(x, candidates.dtype), 1)
+    return ops.sum(ops.square(diff), axis=tuple(range(2, len(diff.shape))))

@@ -60,12 +60,3 @@ def check_finite(x, name):
             "assignment is undefined for them. Check the inputs upstream."
         )
 
-
-def static_dim(x, axis, name):
-    dim = x.shape[axis]
-    if dim is None:
-        raise ValueError(
-            f"`{name}` needs a static size along axis {axis}, got shape "
-            f"{tuple(x.shape)}."
-        )
-    return int(dim)
