@@ -88,23 +88,86 @@ def test_loss_trains_on_the_assigned_noise(digits, prediction):
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
-def test_prediction_conversions_are_exact():
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v", "velocity"])
+def test_prediction_conversions_are_exact(prediction):
     rng = np.random.default_rng(1)
     data = rng.standard_normal((3, 8, 8, 1)).astype("float32")
     noise = rng.standard_normal((3, 8, 8, 1)).astype("float32")
     t = np.array([0.1, 0.5, 0.9], "float32")
-    for prediction in ["epsilon", "x0", "v"]:
-        model = ki.ImmiscibleDiffusion(tiny_unet(), prediction=prediction)
-        a, s = model._rates(t)
-        noisy = a * data + s * noise
-        target = model.training_target(data, noise, a, s)
-        pred_noise, pred_data = model.split_prediction(target, noisy, a, s)
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(pred_noise), noise, atol=2e-4
+    model = ki.ImmiscibleDiffusion(tiny_unet(), prediction=prediction)
+    a, s = (keras.ops.convert_to_numpy(r) for r in model._rates(t))
+    noisy = a * data + s * noise
+    target = keras.ops.convert_to_numpy(
+        model.training_target(data, noise, a, s)
+    )
+    # The targets, written out independently of the library.
+    expected = {
+        "epsilon": noise,
+        "x0": data,
+        "v": a * noise - s * data,
+        "velocity": noise - data,
+    }[prediction]
+    np.testing.assert_allclose(target, expected, atol=1e-6)
+    pred_noise, pred_data = model.split_prediction(target, noisy, a, s)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(pred_noise), noise, atol=2e-4
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(pred_data), data, atol=2e-4
+    )
+    # Every target converts into every other one through (noise, data).
+    for other in ["epsilon", "x0", "v", "velocity"]:
+        converted = ki.models.predictions.target(
+            other, pred_data, pred_noise, a, s
         )
+        direct = ki.models.predictions.target(other, data, noise, a, s)
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(pred_data), data, atol=2e-4
+            keras.ops.convert_to_numpy(converted),
+            keras.ops.convert_to_numpy(direct),
+            atol=3e-4,
         )
+
+
+def test_velocity_conversion_on_a_non_variance_preserving_path():
+    rng = np.random.default_rng(2)
+    data, noise = rng.standard_normal((2, 5, 4)).astype("float32")
+    t = rng.uniform(0.05, 0.95, (5, 1)).astype("float32")
+    noisy = (1 - t) * data + t * noise
+    pred_noise, pred_data = ki.models.predictions.split(
+        "velocity", noise - data, noisy, 1 - t, t
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data,
+                               atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise,
+                               atol=1e-5)
+
+
+def test_dict_batches_bring_their_own_noise(digits):
+    images = digits[:4]
+    noise = np.random.default_rng(3).standard_normal(images.shape)
+    noise = noise.astype("float32")
+    model = ki.ImmiscibleDiffusion(
+        half_network(),
+        schedule=FixedTime(),
+        assignment="linear",
+        prediction="epsilon",
+    )
+    gain = np.full((4,), 0.25, "float32")
+    loss = model.compute_loss(
+        x={"images": images, "noise": noise, "assignment_gain": gain}
+    )
+    a, s = (keras.ops.convert_to_numpy(r) for r in FixedTime()(0.3))
+    noisy = a * (images * 2.0 - 1.0) + s * noise
+    expected = np.mean((0.5 * noisy - noise) ** 2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), expected,
+                               rtol=1e-5)
+    # The model did not assign (it would have permuted the noise): the gain
+    # it logs is the one the batch brought.
+    assert float(model.assignment_tracker.result()) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="shape"):
+        model.compute_loss(x={"images": images, "noise": noise[:, :4]})
+    with pytest.raises(ValueError, match="images"):
+        model.compute_loss(x={"pixels": images})
 
 
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])

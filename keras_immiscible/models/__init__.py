@@ -1,3 +1,5 @@
 """Diffusion models trained with immiscible noise assignment."""
 
+from keras_immiscible.models.immiscible_model import ImmiscibleModel
 from keras_immiscible.models.immiscible_diffusion import ImmiscibleDiffusion
+from keras_immiscible.models import predictions

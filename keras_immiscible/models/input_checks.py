@@ -57,26 +57,61 @@ def _check_shape(shape, image_shape, name):
         )
 
 
-def check_batch(model, x, y):
-    """Trace-time checks of one batch; returns `(images, labels)`."""
-    images, labels = x, y
-    if isinstance(images, (tuple, list)) and labels is None:
-        if len(images) == 2:
-            images, labels = images
-        else:
+BATCH_KEYS = ("images", "labels", "noise", "assignment_gain")
+
+
+def _as_batch_dict(x, y):
+    """Reads the batch forms the models accept into one dict."""
+    if isinstance(x, dict):
+        unknown = sorted(set(x) - set(BATCH_KEYS))
+        if "images" not in x or unknown:
             raise ValueError(
-                "Each batch must be `images` or `(images, labels)`, got a "
-                f"tuple of {len(images)} elements."
+                f"Dict batches must have the key 'images' and optionally "
+                f"{BATCH_KEYS[1:]}, got keys {sorted(x)}."
             )
+        batch = dict(x)
+        if y is not None:
+            batch.setdefault("labels", y)
+        return batch
+    if isinstance(x, (tuple, list)) and y is None:
+        if len(x) != 2:
+            raise ValueError(
+                "Each batch must be `images`, `(images, labels)` or a dict "
+                "with the key 'images', got a tuple of "
+                f"{len(x)} elements."
+            )
+        x, y = x
+    return {"images": x, "labels": y}
+
+
+def check_batch(model, x, y):
+    """Trace-time checks of one batch; returns it as a dict.
+
+    The dict has the key `"images"` and, where present, `"labels"` (int32,
+    flat), `"noise"` (float, shaped like the images) and
+    `"assignment_gain"`.
+    """
+    batch = _as_batch_dict(x, y)
+    images = batch["images"]
     _check_dtype(images.dtype, "images")
     _check_shape(tuple(images.shape), model.image_shape, "images")
+    if batch.get("noise") is not None:
+        noise = batch["noise"]
+        if "float" not in keras.backend.standardize_dtype(noise.dtype):
+            raise TypeError(
+                f"Batch 'noise' must be float, got dtype {noise.dtype}."
+            )
+        _check_shape(tuple(noise.shape), model.image_shape, "noise")
+    labels = batch.get("labels")
     if model.num_classes_input:
         if labels is None:
             raise ValueError(
                 "The network is class-conditional: the data must be "
                 "`(images, labels)`."
             )
-        labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,))
+        batch["labels"] = keras.ops.reshape(
+            keras.ops.cast(labels, "int32"), (-1,)
+        )
     elif labels is not None:
         if not getattr(model, "_warned_labels", False):
             warnings.warn(
@@ -86,8 +121,8 @@ def check_batch(model, x, y):
                 stacklevel=2,
             )
             model._warned_labels = True
-        labels = None
-    return images, labels
+        batch["labels"] = None
+    return batch
 
 
 def _check_values(images, name):
@@ -114,6 +149,10 @@ def check_dataset(model, x, name="x"):
     if x is None:
         return x
     array = x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x
+    if isinstance(array, dict) and isinstance(
+        array.get("images"), np.ndarray
+    ):
+        array = array["images"]
     if isinstance(array, np.ndarray):
         if array.dtype.kind not in "fu" or (
             array.dtype.kind == "u" and array.dtype != np.uint8
@@ -143,10 +182,12 @@ def _checked_tf_dataset(model, dataset, name):
 
     spec = dataset.element_spec
     image_spec = spec[0] if isinstance(spec, (tuple, list)) else spec
-    if isinstance(image_spec, dict) or not hasattr(image_spec, "dtype"):
+    if isinstance(image_spec, dict):
+        image_spec = image_spec.get("images")
+    if not hasattr(image_spec, "dtype"):
         raise ValueError(
-            f"`{name}` must yield images or (images, labels), got elements "
-            f"{spec}."
+            f"`{name}` must yield images, (images, labels) or dicts with the "
+            f"key 'images', got elements {spec}."
         )
     _check_dtype(image_spec.dtype.name, name)
     shape = image_spec.shape
@@ -163,6 +204,8 @@ def _checked_tf_dataset(model, dataset, name):
 
     def check(*element):
         images = element[0]
+        if isinstance(images, dict):
+            images = images["images"]
         if images.dtype != tf.uint8:
             floats = tf.cast(images, tf.float32)
             tf.debugging.assert_all_finite(

@@ -1,0 +1,351 @@
+"""`ImmiscibleModel`: what every model family trained with assigned noise shares.
+
+The families (`ImmiscibleDiffusion`, `ImmiscibleFlowMatching`,
+`ImmiscibleConsistency`) differ only in how a batch and its assigned noise
+become a loss (`noise_loss`) and in how noise becomes images (`sample`).
+Everything else lives here once: reading and checking the batch, scaling the
+images, assigning the noise (the step every family shares, see
+`compute_loss`), logging the assignment gain, `compile`/`fit`, and the
+`generate` loop.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_immiscible import assignment as assignment_lib
+from keras_immiscible import samplers as samplers_lib
+from keras_immiscible.backend import untie_ema_buffers
+from keras_immiscible.models import input_checks
+
+LOSSES = ("mse", "mae")
+DATA_DTYPES = ("float32", "uint8")
+
+
+class ImmiscibleModel(keras.Model):
+    """Base class of the generative models trained with assigned noise.
+
+    Subclasses implement `noise_loss(data, noise, labels, training)` (the
+    family's training loss for a batch in [-1, 1] and its assigned noise)
+    and `sample(noise, steps, sampler, seed, labels)` (noise to images in
+    [-1, 1]); they may set `default_steps`, the default of `generate`.
+
+    Batches: `images`, `(images, labels)`, or a dict with the keys
+    `"images"`, and optionally `"labels"`, `"noise"` (noise assigned
+    upstream, e.g. by `keras_immiscible.data.with_assigned_noise`; the model
+    then skips its own assigner) and `"assignment_gain"` (logged as is).
+
+    Args:
+        network: the network, a functional `keras.Model` called as
+            `network([noisy_images, noise_level])` (or with a third input,
+            the int labels, for class-conditional networks), e.g.
+            `keras_immiscible.layers.UNet(...)`.
+        assignment: `"linear"`, `"knn"`, `None` (plain random noise) or a
+            `keras_immiscible.assignment.NoiseAssigner`.
+        sampler: default sampler of `generate` (a name or an instance).
+        loss_type: `"mse"` or `"mae"` (families may define more).
+        data_dtype: `"float32"` (images in [0, 1]) or `"uint8"`; `None`
+            takes it from the first training batch.
+        seed: int seed of the model's `SeedGenerator` (noise, times).
+    """
+
+    default_steps = 20
+    loss_types = LOSSES
+
+    def __init__(
+        self,
+        network,
+        assignment="linear",
+        sampler=None,
+        loss_type="mse",
+        data_dtype=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(network, keras.Model):
+            raise TypeError(
+                "`network` must be a keras.Model (e.g. "
+                f"keras_immiscible.layers.UNet(...)), got {network!r}."
+            )
+        if loss_type not in self.loss_types:
+            raise ValueError(
+                f"`loss_type` must be one of {self.loss_types}, got "
+                f"{loss_type!r}."
+            )
+        if data_dtype is not None and data_dtype not in DATA_DTYPES:
+            raise ValueError(
+                f"`data_dtype` must be None or one of {DATA_DTYPES}, got "
+                f"{data_dtype!r}."
+            )
+        self.network = network
+        self.assigner = assignment_lib.get(assignment)
+        self.sampler = samplers_lib.get(sampler)
+        self.loss_type = loss_type
+        self.data_dtype = data_dtype
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.image_shape, self.num_classes_input = input_checks.network_spec(
+            network
+        )
+        self.assignment_tracker = keras.metrics.Mean(name="assignment_gain")
+
+    # ------------------------------------------------------ family interface
+
+    def noise_loss(self, data, noise, labels=None, training=True):
+        """The family's loss for `data` in [-1, 1] and its assigned noise."""
+        raise NotImplementedError
+
+    def sample(self, noise, steps, sampler, seed, labels=None):
+        """Maps initial noise to data in [-1, 1] in `steps` sampler steps."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- keras
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def call(self, inputs, training=False):
+        # Training happens in `compute_loss`; the forward pass is identity so
+        # that Keras' `train_step` does not run the network twice.
+        return inputs
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.assignment_tracker]
+
+    def compile(self, optimizer="adamw", jit_compile="auto", **kwargs):
+        """Configures the model for training.
+
+        Takes the arguments of `keras.Model.compile`; no `loss` is needed
+        (the model's loss is built in). On TensorFlow, an assigner that
+        runs on the host (`LinearAssignment(solver="scipy")`) cannot be
+        compiled with XLA: the model then compiles without XLA and says so.
+        """
+        if "loss" in kwargs and kwargs["loss"] is not None:
+            raise ValueError(
+                f"{type(self).__name__} has its own loss; do not pass `loss` "
+                "to compile(). Choose it with `loss_type=`."
+            )
+        if (
+            keras.backend.backend() == "tensorflow"
+            and jit_compile in ("auto", True)
+            and getattr(self.assigner, "on_host", False)
+        ):
+            warnings.warn(
+                f"{self.assigner!r} solves the assignment on the host, and "
+                "TensorFlow cannot compile host calls with XLA: compiling the "
+                "training step with jit_compile=False instead. For an XLA "
+                "step, use LinearAssignment(solver='auction'), KNNSelection(), "
+                "or assign on the host in the input pipeline with "
+                "keras_immiscible.data.with_assigned_noise.",
+                stacklevel=2,
+            )
+            jit_compile = False
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        x = input_checks.check_dataset(self, x, "x")
+        try:
+            return super().fit(x, y, *args, **kwargs)
+        finally:
+            untie_ema_buffers(self)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        x = input_checks.check_dataset(self, x, "x")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # ---------------------------------------------------------- data scaling
+
+    def normalize(self, images):
+        """Maps images from [0, 1] (float) or [0, 255] (uint8) to [-1, 1]."""
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        images = ops.cast(images, "float32")
+        if dtype == "uint8":
+            images = images / 255.0
+        return images * 2.0 - 1.0
+
+    def denormalize(self, images):
+        """Maps [-1, 1] back to the caller's range and dtype."""
+        images = ops.clip((images + 1.0) / 2.0, 0.0, 1.0)
+        if self.data_dtype == "uint8":
+            return ops.cast(ops.round(images * 255.0), "uint8")
+        return images
+
+    def _per_sample(self, values):
+        """Reshapes (B,) to (B, 1, ..., 1) to broadcast against images."""
+        return ops.reshape(values, (-1,) + (1,) * len(self.image_shape))
+
+    def _network_inputs(self, noisy, noise_level, labels=None):
+        """The network's inputs for a batch at per-sample `noise_level` (B,)."""
+        inputs = [noisy, self._per_sample(noise_level)]
+        if self.num_classes_input:
+            if labels is None:
+                raise ValueError(
+                    "The network is class-conditional: pass `labels`."
+                )
+            inputs.append(labels)
+        return inputs
+
+    def _reduce(self, error):
+        """Mean of the per-element loss `loss_type` of `error`."""
+        if self.loss_type == "mse":
+            return ops.mean(ops.square(error))
+        return ops.mean(ops.abs(error))
+
+    # -------------------------------------------------------------- training
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """One training loss on a batch, with assigned noise.
+
+        This is where noise is assigned: the assigner draws Gaussian noise
+        for the batch and pairs it with the images (unless the batch brings
+        its noise, assigned upstream), then the family's `noise_loss`
+        trains on that noise as plain training would on a random draw.
+        """
+        batch = input_checks.check_batch(self, x, y)
+        images = batch["images"]
+        if self.data_dtype is None:
+            self.data_dtype = (
+                "uint8"
+                if keras.backend.standardize_dtype(images.dtype) == "uint8"
+                else "float32"
+            )
+        data = self.normalize(images)
+        noise = batch.get("noise")
+        if noise is None:
+            noise, change = self.assigner(
+                data, seed=self.seed_generator, return_change=True
+            )
+            self.assignment_tracker.update_state(-change)
+        else:
+            noise = ops.cast(noise, "float32")
+            if batch.get("assignment_gain") is not None:
+                self.assignment_tracker.update_state(
+                    ops.mean(ops.cast(batch["assignment_gain"], "float32"))
+                )
+        loss = self.noise_loss(data, noise, batch.get("labels"), training)
+        losses = [loss] + [ops.sum(extra) for extra in self.losses]
+        return ops.sum(ops.stack(losses)) if len(losses) > 1 else loss
+
+    # -------------------------------------------------------------- sampling
+
+    def generate(
+        self,
+        num_images,
+        steps=None,
+        seed=None,
+        labels=None,
+        sampler=None,
+        batch_size=None,
+    ):
+        """Generates images from pure noise.
+
+        Args:
+            num_images: how many images to generate.
+            steps: number of sampler steps (default: `default_steps` of the
+                model family).
+            seed: int seed of the initial noise (and of the sampler's noise).
+                The same seed gives the same images.
+            labels: int labels (num_images,) for class-conditional networks.
+            sampler: override the model's default sampler (a name or a
+                sampler instance).
+            batch_size: generate in chunks of this size (default: all at once).
+
+        Returns:
+            A numpy array (num_images, *image_shape) in the data's range:
+            float32 in [0, 1], or uint8 when the model was trained on uint8.
+        """
+        if isinstance(num_images, bool) or not isinstance(
+            num_images, (int, np.integer)
+        ) or num_images < 1:
+            raise ValueError(
+                f"`num_images` must be an integer >= 1, got {num_images!r}."
+            )
+        steps = self.default_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(
+            steps, (int, np.integer)
+        ) or steps < 1:
+            raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
+        labels = self._check_labels(labels, num_images)
+        sampler = samplers_lib.get(sampler) if sampler else self.sampler
+        batch_size = int(batch_size or num_images)
+        seed_generator = keras.random.SeedGenerator(seed)
+        outputs = []
+        for start in range(0, num_images, batch_size):
+            count = min(batch_size, num_images - start)
+            chunk_labels = None
+            if labels is not None:
+                chunk_labels = ops.convert_to_tensor(labels[start:start + count])
+            noise = keras.random.normal(
+                (count,) + tuple(self.image_shape), seed=seed_generator
+            )
+            images = self.sample(
+                noise, int(steps), sampler, seed_generator, chunk_labels
+            )
+            outputs.append(ops.convert_to_numpy(self.denormalize(images)))
+        return np.concatenate(outputs, axis=0)
+
+    def _check_labels(self, labels, num_images):
+        if self.num_classes_input and labels is None:
+            raise ValueError(
+                "The network is class-conditional: pass `labels` "
+                "(num_images,) to generate()."
+            )
+        if labels is not None and not self.num_classes_input:
+            raise ValueError(
+                "The network is unconditional: build it with `num_classes` "
+                "to generate with `labels`."
+            )
+        if labels is None:
+            return None
+        labels = np.asarray(labels).astype("int32").reshape(-1)
+        if labels.shape[0] != num_images:
+            raise ValueError(
+                f"`labels` must have num_images={num_images} entries, got "
+                f"{labels.shape[0]}."
+            )
+        return labels
+
+    def _inference_network(self):
+        """The network as a fast inference function (built once)."""
+        from keras_immiscible.backend import inference_function
+
+        if getattr(self, "_inference_fn", None) is None:
+            self._inference_fn = inference_function(self.network)
+        return self._inference_fn
+
+    # --------------------------------------------------------- serialization
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "assignment": assignment_lib.serialize(self.assigner),
+                "sampler": samplers_lib.serialize(self.sampler),
+                "loss_type": self.loss_type,
+                "data_dtype": self.data_dtype,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(
+            config["network"]
+        )
+        return cls(**config)
