@@ -1,14 +1,26 @@
-"""Samplers generating data from a trained denoiser."""
+"""Samplers generating data from a trained denoiser or flow.
+
+Every sampler has `sample(fn, initial_noise, schedule, steps, seed=None)` and
+a class attribute `kind` that says what `fn(x_t, t)` must return:
+`"denoise"` (`DDIM`, `DDPM`): the pair `(pred_noise, pred_data)`;
+`"velocity"` (`Euler`, `Heun`): the velocity `d x_t / d t`.
+"""
 
 import keras
 
 from keras_immiscible.samplers.ddim import DDIM
+from keras_immiscible.samplers.ddpm import DDPM
+from keras_immiscible.samplers.flow import Euler
+from keras_immiscible.samplers.flow import Heun
 
 _ALIASES = {
     "ddim": DDIM,
+    "ddpm": DDPM,
+    "euler": Euler,
+    "heun": Heun,
 }
 
-__all__ = ["DDIM", "get", "serialize", "deserialize"]
+__all__ = ["DDIM", "DDPM", "Euler", "Heun", "get", "serialize", "deserialize"]
 
 
 def serialize(sampler):
@@ -51,9 +63,11 @@ def get(identifier):
     """Retrieves a sampler from an identifier.
 
     Args:
-        identifier: `None` (the default `DDIM()`), a string (`"ddim"`), a
-            dict produced by `serialize()`, or a sampler instance (any object
-            with a `sample()` method, returned as is).
+        identifier: `None` (the default `DDIM()`), a string (`"ddim"`,
+            `"ddpm"`, `"euler"` or `"heun"`, giving the class with its
+            default arguments), a dict produced by `serialize()`, or a
+            sampler instance (any object with a `sample()` method, returned
+            as is).
 
     Returns:
         A sampler instance.

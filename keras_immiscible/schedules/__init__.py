@@ -3,13 +3,30 @@
 import keras
 
 from keras_immiscible.schedules.cosine import CosineSchedule
+from keras_immiscible.schedules.discrete import DiscreteSchedule
+from keras_immiscible.schedules.discrete import IDDPMCosine
+from keras_immiscible.schedules.discrete import LinearBeta
+from keras_immiscible.schedules.flow import LinearInterpolation
 from keras_immiscible.schedules.schedule import Schedule
 
 _ALIASES = {
     "cosine": CosineSchedule,
+    "linear_beta": LinearBeta,
+    "iddpm_cosine": IDDPMCosine,
+    "linear_interpolation": LinearInterpolation,
 }
 
-__all__ = ["CosineSchedule", "Schedule", "get", "serialize", "deserialize"]
+__all__ = [
+    "CosineSchedule",
+    "DiscreteSchedule",
+    "IDDPMCosine",
+    "LinearBeta",
+    "LinearInterpolation",
+    "Schedule",
+    "get",
+    "serialize",
+    "deserialize",
+]
 
 
 def serialize(schedule):
@@ -43,6 +60,7 @@ def deserialize(config, custom_objects=None):
     """
     module_objects = {cls.__name__: cls for cls in _ALIASES.values()}
     module_objects["Schedule"] = Schedule
+    module_objects["DiscreteSchedule"] = DiscreteSchedule
     schedule = keras.saving.deserialize_keras_object(
         config, module_objects=module_objects, custom_objects=custom_objects
     )
@@ -59,7 +77,9 @@ def get(identifier):
 
     Args:
         identifier: `None` (the default `CosineSchedule()`), a string
-            (`"cosine"`), a dict produced by `serialize()`, or a `Schedule`
+            (`"cosine"`, `"linear_beta"`, `"iddpm_cosine"` or
+            `"linear_interpolation"`, giving the class with its default
+            arguments), a dict produced by `serialize()`, or a `Schedule`
             instance (returned as is).
 
     Returns:
