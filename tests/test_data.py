@@ -548,12 +548,22 @@ def test_digits_dataset():
 def test_import_without_tensorflow():
     script = textwrap.dedent(
         """
+        import importlib.abc
+        import importlib.machinery
         import sys
 
-        class Block:
+        class Missing(importlib.abc.Loader):
+            def create_module(self, spec):
+                raise ImportError("No module named " + repr(spec.name))
+
+            def exec_module(self, module):
+                pass
+
+        class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-                    raise ImportError("blocked " + name)
+                    return importlib.machinery.ModuleSpec(name, Missing())
+                return None
 
         sys.meta_path.insert(0, Block())
         import keras_immiscible as ki
