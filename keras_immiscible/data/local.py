@@ -120,7 +120,8 @@ def from_directory(
     Returns:
         A `tf.data.Dataset` of `(batch, height, width, channels)` images, or
         of `(images, labels)` pairs, with `dataset.file_paths` (the files in
-        the order they were read before shuffling) and, with labels,
+        the order they are read and cached: sorted, or in the seeded one-time
+        shuffle when `shuffle` is on) and, with labels,
         `dataset.class_names`.
 
     Example:
