@@ -1,0 +1,336 @@
+"""The example scripts, end to end, in `--quick` mode.
+
+Every example runs once per CI run (which runs this file under each
+backend): each is assigned one backend below and runs, as a subprocess, only
+in the test session of that backend. The checks read what the run wrote:
+the CSV log (columns, one row per evaluation with the right step count,
+finite values, the assignment gain of the chosen assigner), the PNG grids
+(decoded, of the expected size), and the saved model, reloaded here, which
+must regenerate the final grid's images. `--resume` is checked in-process on
+a copy of one run: the optimizer's step counter (and the consistency model's
+curriculum counter) carry on from the checkpoint.
+"""
+
+import csv
+import importlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_immiscible  # noqa: F401  (registers the classes to load)
+
+BACKEND = keras.backend.backend()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+# The --quick configuration every example shares: 2 evaluations of 2 steps,
+# grids of 16 images (4 x 4 tiles), 1 px padding.
+QUICK_STEPS = 4
+QUICK_EVAL_EVERY = 2
+GRID_IMAGES = 16
+COLUMNS = {"epoch", "step", "loss", "assignment_gain", "val_kid", "val_fid",
+           "wall_time"}
+
+# name -> the backend that runs it, extra flags, and what the run must give.
+CASES = {
+    "train_digits": dict(
+        backend="tensorflow", flags=[], assignment="linear",
+        image_size=8, channels=1, sampling_steps=5,
+    ),
+    "ddim_oxford_flowers": dict(
+        backend="tensorflow", flags=["--assignment", "none"],
+        assignment="none", image_size=16, channels=3, sampling_steps=5,
+    ),
+    "flow_matching_cifar10": dict(
+        backend="jax", flags=[], assignment="knn",
+        image_size=16, channels=3, sampling_steps=5,
+    ),
+    "ddim_cifar10": dict(
+        backend="torch", flags=["--assignment", "knn", "--k", "3"],
+        assignment="knn", image_size=16, channels=3, sampling_steps=5,
+    ),
+    "consistency_cifar10": dict(
+        backend="torch", flags=[], assignment="linear",
+        image_size=16, channels=3, sampling_steps=1,
+    ),
+}
+HERE = sorted(name for name, case in CASES.items() if case["backend"] == BACKEND)
+
+
+def load_example(name):
+    """Imports `examples/<name>.py` as a module."""
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
+    return importlib.import_module(name)
+
+
+def run_quick(name, output, extra=()):
+    """Runs an example in --quick mode as a subprocess; returns wall seconds."""
+    env = dict(os.environ)
+    env["KERAS_BACKEND"] = CASES[name]["backend"]
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # One intra-op thread: the quick runs' ops are tiny, and on a small
+    # shared CI machine thread pools waiting on each other made torch's
+    # steps 10x slower.
+    env["OMP_NUM_THREADS"] = "1"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    command = [
+        sys.executable, os.path.join(EXAMPLES, name + ".py"), "--quick",
+        "--output", str(output), *CASES[name]["flags"], *extra,
+    ]
+    start = time.time()
+    result = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=600,
+    )
+    seconds = time.time() - start
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed ({result.returncode}):\n"
+        f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
+    print(f"\n{name} --quick ({BACKEND}): {seconds:.1f} s wall")
+    return seconds
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Output folder of each example of this backend, run once."""
+    outputs = {}
+
+    def get(name):
+        if name not in outputs:
+            output = tmp_path_factory.mktemp(name)
+            run_quick(name, output)
+            outputs[name] = output
+        return outputs[name]
+
+    return get
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [{k: float(v) for k, v in row.items()} for row in reader]
+        return reader.fieldnames, rows
+
+
+def grid_tiles(path, count, size, channels, scale):
+    """Cuts a `make_image_grid` PNG back into (count, size, size, C) uint8
+    tiles, with the layout computed here: ceil(sqrt(n)) columns, 1 px
+    padding around and between the tiles."""
+    image = np.asarray(Image.open(path))
+    if image.ndim == 2:
+        image = image[..., None]
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    tile = size * scale
+    assert image.shape == (
+        rows * tile + rows + 1, cols * tile + cols + 1, channels
+    ), image.shape
+    tiles = []
+    for i in range(count):
+        top = 1 + (i // cols) * (tile + 1)
+        left = 1 + (i % cols) * (tile + 1)
+        tiles.append(image[top:top + tile:scale, left:left + tile:scale])
+    return np.stack(tiles)
+
+
+@pytest.mark.parametrize("name", HERE)
+def test_example_quick_run(name, quick_runs):
+    case = CASES[name]
+    output = quick_runs(name)
+
+    # CSV: one row per evaluation, steps counted by the optimizer.
+    columns, rows = read_log(output / "log.csv")
+    assert COLUMNS <= set(columns), columns
+    assert [row["epoch"] for row in rows] == [0, 1]
+    assert [row["step"] for row in rows] == [QUICK_EVAL_EVERY, QUICK_STEPS]
+    for row in rows:
+        assert all(math.isfinite(value) for value in row.values()), row
+        assert row["loss"] > 0 and row["val_fid"] >= 0
+    gains = [row["assignment_gain"] for row in rows]
+    if case["assignment"] == "none":
+        # Random noise: the noise is left where it was drawn.
+        assert gains == [0.0, 0.0]
+    else:
+        # Assigned noise is closer to the images than the draw was.
+        assert all(0.0 < gain < 0.5 for gain in gains), gains
+    assert rows[1]["wall_time"] > rows[0]["wall_time"] > 0
+
+    # PNG grids: one per evaluation and the final one.
+    size, channels = case["image_size"], case["channels"]
+    scale = max(1, 32 // size)
+    for path in ("samples/epoch_0001.png", "samples/epoch_0002.png"):
+        grid_tiles(output / path, GRID_IMAGES, size, channels, scale)
+    final = grid_tiles(output / "samples.png", GRID_IMAGES, size, channels, scale)
+    assert final.std() > 0  # not a blank grid
+
+    # The saved model reloads and generates the final grid's images again.
+    model = keras.models.load_model(output / "model.keras")
+    assert tuple(model.image_shape) == (size, size, channels)
+    images = model.generate(GRID_IMAGES, steps=case["sampling_steps"], seed=0)
+    assert images.shape == (GRID_IMAGES, size, size, channels)
+    again = np.round(np.clip(images, 0.0, 1.0) * 255.0)
+    difference = np.abs(again - final.astype("float64"))
+    assert difference.mean() < 0.5 and np.mean(difference > 2) < 0.01, (
+        difference.mean(), difference.max()
+    )
+
+    # The checkpoint for --resume holds the optimizer at the last step.
+    checkpoint = keras.models.load_model(output / "checkpoints" / "last.keras")
+    assert int(keras.ops.convert_to_numpy(checkpoint.optimizer.iterations)) == (
+        QUICK_STEPS
+    )
+
+
+def check_resume_continues_from_saved_step(quick_runs, tmp_path):
+    first = quick_runs("consistency_cifar10")
+    output = tmp_path / "resumed"
+    shutil.copytree(first, output)
+    _, first_rows = read_log(first / "log.csv")
+
+    example = load_example("consistency_cifar10")
+    more = QUICK_STEPS + QUICK_EVAL_EVERY
+    result = example.main(
+        ["--quick", "--resume", "--output", str(output), "--steps", str(more)]
+    )
+    model = result["model"]
+    assert result["initial_step"] == QUICK_STEPS
+    # The optimizer's counter carried on: 4 saved + 2 new updates.
+    assert result["steps"] == more
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == more
+    # So did the consistency curriculum's own step counter.
+    assert int(keras.ops.convert_to_numpy(model.training_steps)) == more
+
+    columns, rows = read_log(output / "log.csv")
+    assert COLUMNS <= set(columns)
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    assert rows[:2] == first_rows  # appended, not rewritten
+    assert all(math.isfinite(v) for v in rows[2].values())
+    assert os.path.exists(output / "samples" / "epoch_0003.png")
+
+
+def test_example_defaults_are_the_papers():
+    """The default configuration of each example (no flags)."""
+    ddim = load_example("ddim_cifar10").parse_args([])
+    assert (ddim.dataset, ddim.batch_size, ddim.assignment) == (
+        "cifar10", 256, "linear"
+    )
+    assert (ddim.learning_rate, ddim.warmup_steps, ddim.ema) == (
+        2e-4, 5000, 0.9999
+    )
+    assert ddim.widths == (128, 256, 256, 256) and ddim.attention == (16,)
+    assert (ddim.solver, ddim.distance, ddim.quantize) == ("scipy", "l2", True)
+
+    flow = load_example("flow_matching_cifar10").parse_args([])
+    assert (flow.assignment, flow.k, flow.batch_size, flow.steps) == (
+        "knn", 4, 256, 400_000
+    )
+    assert (flow.sampler, flow.sampling_steps) == ("euler", 50)
+
+    consistency = load_example("consistency_cifar10").parse_args([])
+    assert (consistency.batch_size, consistency.assignment) == (512, "linear")
+    assert consistency.sampling_steps == 1
+
+    flowers = load_example("ddim_oxford_flowers").parse_args([])
+    assert (flowers.dataset, flowers.image_size, flowers.batch_size) == (
+        "oxford_flowers", 64, 64
+    )
+    assert flowers.widths == (32, 64, 96, 128) and flowers.block_depth == 2
+    assert (flowers.optimizer, flowers.learning_rate, flowers.weight_decay,
+            flowers.ema, flowers.loss) == ("adamw", 1e-3, 1e-4, 0.999, "mae")
+    assert flowers.steps == 50 * 510 and flowers.eval_every == 510
+
+    # The README's main job: `python examples/train_digits.py`, no flags.
+    digits = load_example("train_digits").parse_args([])
+    assert (digits.assignment, digits.steps, digits.batch_size, digits.seed,
+            digits.sampling_steps) == ("linear", 1500, 128, 0, 30)
+    assert digits.output == os.path.join("outputs", "digits")
+    assert (digits.optimizer, digits.learning_rate, digits.ema) == (
+        "adamw", 1e-3, 0.99
+    )
+
+
+def test_quick_flags_and_explicit_flags():
+    module = load_example("ddim_cifar10")
+    quick = module.parse_args(["--quick"])
+    assert (quick.dataset, quick.steps, quick.eval_every, quick.grid_images) == (
+        "digits", QUICK_STEPS, QUICK_EVAL_EVERY, GRID_IMAGES
+    )
+    assert quick.output == os.path.join("outputs", "ddim_cifar10_quick")
+    # An explicit flag wins over both the paper and the quick value.
+    mixed = module.parse_args(["--quick", "--batch-size", "8", "--no-quantize"])
+    assert (mixed.batch_size, mixed.quantize) == (8, False)
+    assert module.parse_args(["--widths", "8,16", "--attention", ""]).widths == (
+        8, 16
+    )
+    for bad in (
+        ["--quick", "--image-size", "12"],  # digits stand-in: multiple of 8
+        ["--steps", "0"],
+        ["--ema", "1.0"],
+        ["--assignment", "hungarian"],
+        ["--dataset", "mnist"],
+    ):
+        with pytest.raises(SystemExit):
+            module.parse_args(bad)
+
+
+def check_real_run_without_data_fails_at_once(tmp_path, capsys):
+    from keras_immiscible.data import DatasetNotPreparedError
+
+    example = load_example("ddim_cifar10")
+    with pytest.raises(DatasetNotPreparedError, match="tfds build cifar10"):
+        example.main([
+            "--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"),
+            "--output", str(tmp_path / "out"),
+        ])
+    assert "--quick" in capsys.readouterr().err
+    # Nothing was trained or written.
+    assert not os.path.exists(tmp_path / "out" / "log.csv")
+
+
+def check_tfds_data_under_mock_data():
+    import tensorflow_datasets as tfds
+
+    common = load_example("common")
+    for name, example in (
+        ("cifar10", "ddim_cifar10"),
+        ("oxford_flowers", "ddim_oxford_flowers"),
+    ):
+        args = load_example(example).parse_args(
+            ["--dataset", name, "--image-size", "16", "--batch-size", "4",
+             "--eval-real-images", "6"]
+        )
+        with tfds.testing.mock_data(num_examples=10):
+            train, real, shape = common.load_data(args, 3, seed=0)
+            batches = list(train.take(4).as_numpy_iterator())
+            reference = next(iter(real.as_numpy_iterator()))
+        assert shape == (16, 16, 3)
+        # Repeated: more batches than the 10 mock images hold.
+        assert [b.shape for b in batches] == [(4, 16, 16, 3)] * 4
+        assert all(b.dtype == np.float32 for b in batches)
+        assert 0.0 <= min(b.min() for b in batches)
+        assert max(b.max() for b in batches) <= 1.0
+        assert reference.shape[1:] == (16, 16, 3)
+
+
+# Checks that need one backend run once per CI run (which runs this file
+# under every backend): defined only in the session of that backend.
+if BACKEND == CASES["consistency_cifar10"]["backend"]:
+    test_resume_continues_from_saved_step = (
+        check_resume_continues_from_saved_step
+    )
+if BACKEND == "tensorflow":
+    test_real_run_without_data_fails_at_once = (
+        check_real_run_without_data_fails_at_once
+    )
+    test_tfds_data_under_mock_data = check_tfds_data_under_mock_data
