@@ -48,18 +48,18 @@ SAMPLES_PATTERN = os.path.join("samples", "epoch_{epoch:04d}.png")
 # tensorflow-datasets data sets: loader name in `keras_immiscible.data`, the
 # split the images for KID/FID come from, and the channels.
 TFDS_DATASETS = {
-    "cifar10": dict(
-        loader="load_cifar10",
-        eval_split="train",  # FID against the training set, as in the papers
-        channels=3,
-    ),
-    "oxford_flowers": dict(
-        loader="load_oxford_flowers",
+    "cifar10": {
+        "loader": "load_cifar10",
+        "eval_split": "train",  # FID against the training set, as in the papers
+        "channels": 3,
+    },
+    "oxford_flowers": {
+        "loader": "load_oxford_flowers",
         # The held-out 20% of every official split: the keras.io DDIM
         # example's validation set, on which it computes KID.
-        eval_split="train[80%:]+validation[80%:]+test[80%:]",
-        channels=3,
-    ),
+        "eval_split": "train[80%:]+validation[80%:]+test[80%:]",
+        "channels": 3,
+    },
 }
 STAND_IN = "digits"
 
@@ -90,46 +90,88 @@ def int_list(text):
 
 # Every flag an experiment may configure: (type, help, choices).
 FLAGS = {
-    "dataset": (str, "training data; 'digits' is the embedded stand-in "
-                "(no network)", None),
-    "image_size": (int, "side of the training images (a multiple of 8 for "
-                   "the digits stand-in)", None),
+    "dataset": (
+        str,
+        "training data; 'digits' is the embedded stand-in (no network)",
+        None,
+    ),
+    "image_size": (
+        int,
+        (
+            "side of the training images (a multiple of 8 for "
+            "the digits stand-in)"
+        ),
+        None,
+    ),
     "flip": (bool, "random horizontal flips of the training images", None),
     "batch_size": (int, "images per training step", None),
-    "steps": (int, "training steps (optimizer updates), rounded up to a "
-              "multiple of --eval-every", None),
-    "eval_every": (int, "steps between KID/FID evaluations, sample grids and "
-                   "checkpoints (one Keras epoch)", None),
+    "steps": (
+        int,
+        (
+            "training steps (optimizer updates), rounded up to a "
+            "multiple of --eval-every"
+        ),
+        None,
+    ),
+    "eval_every": (
+        int,
+        (
+            "steps between KID/FID evaluations, sample grids and "
+            "checkpoints (one Keras epoch)"
+        ),
+        None,
+    ),
     "optimizer": (str, "optimizer", ("adam", "adamw")),
     "learning_rate": (float, "learning rate (after warm-up)", None),
-    "warmup_steps": (int, "linear learning-rate warm-up from 0, in steps "
-                     "(0: none)", None),
+    "warmup_steps": (
+        int,
+        "linear learning-rate warm-up from 0, in steps (0: none)",
+        None,
+    ),
     "weight_decay": (float, "decoupled weight decay (0: none)", None),
     "grad_clip": (float, "global gradient-norm clipping (0: none)", None),
-    "ema": (float, "momentum of the weights' exponential moving average, "
-            "used for sampling and evaluation (0: no EMA)", None),
-    "widths": (int_list, "UNet channels per resolution, comma-separated",
-               None),
+    "ema": (
+        float,
+        (
+            "momentum of the weights' exponential moving average, "
+            "used for sampling and evaluation (0: no EMA)"
+        ),
+        None,
+    ),
+    "widths": (int_list, "UNet channels per resolution, comma-separated", None),
     "block_depth": (int, "residual blocks per UNet resolution", None),
-    "attention": (int_list, "resolutions with self-attention, "
-                  "comma-separated ('' for none)", None),
+    "attention": (
+        int_list,
+        "resolutions with self-attention, comma-separated ('' for none)",
+        None,
+    ),
     "dropout": (float, "dropout rate of the residual blocks", None),
     "loss": (str, "training loss", None),
     "sampling_steps": (int, "sampler steps of the sample grids", None),
-    "eval_sampling_steps": (int, "sampler steps of the KID/FID samples",
-                            None),
+    "eval_sampling_steps": (int, "sampler steps of the KID/FID samples", None),
     "eval_images": (int, "generated images per KID/FID evaluation", None),
-    "eval_real_images": (int, "real images of the KID/FID reference set",
-                         None),
+    "eval_real_images": (int, "real images of the KID/FID reference set", None),
     "grid_images": (int, "images per sample grid", None),
-    "assignment": (str, "noise assignment: none (plain training), linear "
-                   "(paper 1) or knn (paper 2)", ASSIGNMENTS),
+    "assignment": (
+        str,
+        (
+            "noise assignment: none (plain training), linear "
+            "(paper 1) or knn (paper 2)"
+        ),
+        ASSIGNMENTS,
+    ),
     "k": (int, "candidates per image of --assignment knn", None),
     "solver": (str, "solver of --assignment linear", ("scipy", "auction")),
-    "distance": (str, "image-noise distance of --assignment linear",
-                 ("l2", "sq_l2")),
-    "quantize": (bool, "compute the --assignment linear distances in float16",
-                 None),
+    "distance": (
+        str,
+        "image-noise distance of --assignment linear",
+        ("l2", "sq_l2"),
+    ),
+    "quantize": (
+        bool,
+        "compute the --assignment linear distances in float16",
+        None,
+    ),
 }
 
 
@@ -190,7 +232,9 @@ def build_parser(description, config, extra_flags=None, datasets=()):
         help=f"continue from OUTPUT/{CHECKPOINT} at its saved step",
     )
     parser.add_argument(
-        "--seed", type=int, default=0,
+        "--seed",
+        type=int,
+        default=0,
         help="seed of weights, noise, data order and sampling (default: 0)",
     )
     parser.add_argument(
@@ -218,18 +262,30 @@ def build_parser(description, config, extra_flags=None, datasets=()):
         help_text = f"{text}; {_describe(default)}"
         if kind is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None,
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
         else:
             parser.add_argument(
-                flag, type=kind, choices=choices, default=None, help=help_text,
+                flag,
+                type=kind,
+                choices=choices,
+                default=None,
+                help=help_text,
             )
     return parser
 
 
-def parse_args(argv, description, config, extra_flags=None, datasets=(),
-               default_output=None):
+def parse_args(
+    argv,
+    description,
+    config,
+    extra_flags=None,
+    datasets=(),
+    default_output=None,
+):
     """Parses `argv` and fills every unset flag from `config`.
 
     Unset flags take the configuration's value, or its `--quick` value with
@@ -249,25 +305,43 @@ def parse_args(argv, description, config, extra_flags=None, datasets=(),
 
 def check_args(args, parser):
     """Rejects flag values that cannot work, naming the flag."""
-    positive = ("image_size", "batch_size", "steps", "eval_every",
-                "block_depth", "sampling_steps", "eval_sampling_steps",
-                "eval_images", "eval_real_images", "grid_images", "k")
+    positive = (
+        "image_size",
+        "batch_size",
+        "steps",
+        "eval_every",
+        "block_depth",
+        "sampling_steps",
+        "eval_sampling_steps",
+        "eval_images",
+        "eval_real_images",
+        "grid_images",
+        "k",
+    )
     for name in positive:
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 1, got {value}."
+            )
     for name in ("warmup_steps",):
         value = getattr(args, name, None)
         if value is not None and value < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}.")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 0, got {value}."
+            )
     for name in ("learning_rate",):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}.")
+            parser.error(
+                f"--{name.replace('_', '-')} must be > 0, got {value}."
+            )
     for name in ("weight_decay", "grad_clip"):
         value = getattr(args, name, None)
         if value is not None and value < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}.")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 0, got {value}."
+            )
     ema = getattr(args, "ema", None)
     if ema is not None and not 0.0 <= ema < 1.0:
         parser.error(f"--ema must be in [0, 1), got {ema}.")
@@ -353,7 +427,7 @@ def shuffled_batches(images, batch_size, seed):
     while True:
         order = rng.permutation(len(images))
         for start in range(0, len(images) - batch_size + 1, batch_size):
-            yield (images[order[start:start + batch_size]],)
+            yield (images[order[start : start + batch_size]],)
 
 
 def load_data(args, channels, seed):
@@ -455,7 +529,7 @@ def make_feature_extractor(args):
     # the weights cannot be downloaded.
     try:
         feature_extractors.inception_v3_model(weights)
-    except Exception as e:
+    except Exception:
         print(
             "\nKID/FID of the real run need the ImageNet weights of "
             "Inception-V3. Offline, pass --inception-weights PATH (a local "
@@ -464,7 +538,7 @@ def make_feature_extractor(args):
             file=sys.stderr,
             flush=True,
         )
-        raise e
+        raise
     return feature_extractors.InceptionFeatureExtractor(weights=weights)
 
 
@@ -486,34 +560,33 @@ def make_optimizer(args):
             warmup_target=args.learning_rate,
             warmup_steps=args.warmup_steps,
         )
-    options = dict(
-        learning_rate=learning_rate,
-        global_clipnorm=args.grad_clip or None,
-        use_ema=args.ema > 0,
-        ema_momentum=args.ema if args.ema > 0 else 0.99,
-    )
+    options = {
+        "learning_rate": learning_rate,
+        "global_clipnorm": args.grad_clip or None,
+        "use_ema": args.ema > 0,
+        "ema_momentum": args.ema if args.ema > 0 else 0.99,
+    }
     if args.optimizer == "adamw":
         return keras.optimizers.AdamW(weight_decay=args.weight_decay, **options)
-    return keras.optimizers.Adam(weight_decay=args.weight_decay or None, **options)
+    return keras.optimizers.Adam(
+        weight_decay=args.weight_decay or None, **options
+    )
 
 
-class StepLogger:
-    """Factory of a callback adding `step` (optimizer updates so far) and
-    `wall_time` (seconds since the run started) to the epoch logs."""
+def step_logger(start_time):
+    """A callback adding `step` (optimizer updates so far) and `wall_time`
+    (seconds since `start_time`) to the logs of every epoch. (Built in a
+    function: Keras is imported only once the backend is chosen.)"""
+    import keras
 
-    @staticmethod
-    def create(start_time):
-        import keras
+    class StepLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                iterations = self.model.optimizer.iterations
+                logs["step"] = int(keras.ops.convert_to_numpy(iterations))
+                logs["wall_time"] = round(time.time() - start_time, 2)
 
-        class _StepLogger(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if logs is not None:
-                    logs["step"] = int(
-                        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
-                    )
-                    logs["wall_time"] = round(time.time() - start_time, 2)
-
-        return _StepLogger()
+    return StepLogger()
 
 
 def total_steps(args):
@@ -564,7 +637,9 @@ def run(args, build_model, channels, describe=""):
                 "--resume first (with the same --output)."
             )
         model = keras.models.load_model(checkpoint)
-        initial_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        initial_step = int(
+            keras.ops.convert_to_numpy(model.optimizer.iterations)
+        )
         initial_epoch = initial_step // steps_per_epoch
         if initial_step % steps_per_epoch:
             log(
@@ -580,6 +655,11 @@ def run(args, build_model, channels, describe=""):
                 f"(its first run's --steps); this run trains to step "
                 f"{total_steps(args)}."
             )
+    elif os.path.exists(checkpoint):
+        log(
+            f"Note: {checkpoint} exists and will be overwritten; pass --resume "
+            "to continue that run instead."
+        )
 
     # Data first: a missing data set fails before anything is built.
     keras.utils.set_random_seed(args.seed + initial_epoch)
@@ -622,7 +702,7 @@ def run(args, build_model, channels, describe=""):
             seed=args.seed,
             scale=scale,
         ),
-        StepLogger.create(start_time),
+        step_logger(start_time),
         keras.callbacks.CSVLogger(
             os.path.join(args.output, LOG), append=args.resume
         ),
@@ -649,7 +729,12 @@ def run(args, build_model, channels, describe=""):
             verbose=1 if sys.stdout.isatty() else 2,
         )
     else:
-        log(f"Nothing to train: the checkpoint is already at step {initial_step}.")
+        log(
+            f"Nothing to train: the checkpoint is already at step {initial_step}."
+        )
+        if model.optimizer.use_ema:
+            # What `fit` does at its end: load the EMA weights for sampling.
+            model.optimizer.finalize_variable_values(model.trainable_variables)
     train_seconds = time.time() - train_start
 
     # After `fit` the model holds the EMA weights (Keras copies them in).
@@ -672,15 +757,15 @@ def run(args, build_model, channels, describe=""):
         f"{samples_path}. Model: {model_path}. Log: "
         f"{os.path.join(args.output, LOG)}. Checkpoint: {checkpoint}."
     )
-    return dict(
-        model=model,
-        history=history,
-        steps=steps,
-        initial_step=initial_step,
-        train_seconds=train_seconds,
-        samples=np.asarray(samples),
-        samples_path=samples_path,
-        model_path=model_path,
-        checkpoint=checkpoint,
-        log_path=os.path.join(args.output, LOG),
-    )
+    return {
+        "model": model,
+        "history": history,
+        "steps": steps,
+        "initial_step": initial_step,
+        "train_seconds": train_seconds,
+        "samples": np.asarray(samples),
+        "samples_path": samples_path,
+        "model_path": model_path,
+        "checkpoint": checkpoint,
+        "log_path": os.path.join(args.output, LOG),
+    }

@@ -50,8 +50,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-from common import Default  # noqa: E402
+import common
+from common import Default
 
 PAPER1 = "paper 1, Li et al. 2024, arXiv 2406.12303"
 CT = "openai/consistency_models_cifar10 configs/cifar10_ve_ct_adaptive.py"
@@ -71,8 +71,9 @@ CONFIG = {
     "weight_decay": Default(0.0, CT),
     "grad_clip": Default(0.0, CT + ": no clipping"),
     "ema": Default(0.9999, CT, quick=0.9),
-    "widths": Default((256, 256, 256), CT + ": 128 x (2, 2, 2)",
-                      quick=(16, 32)),
+    "widths": Default(
+        (256, 256, 256), CT + ": 128 x (2, 2, 2)", quick=(16, 32)
+    ),
     "block_depth": Default(4, CT, quick=1),
     "attention": Default((16,), CT, quick=()),
     "dropout": Default(0.0, CT),
@@ -82,8 +83,7 @@ CONFIG = {
     "sampling_steps": Default(1, CT + ": one-step sampling"),
     "eval_sampling_steps": Default(1, CT + ": one-step sampling"),
     "eval_images": Default(10_000, "this example's choice", quick=16),
-    "eval_real_images": Default(50_000, "the CIFAR-10 training set",
-                                quick=256),
+    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
     "grid_images": Default(64, "this example's choice", quick=16),
     "assignment": Default("linear", PAPER1),
     "k": Default(4, "paper 2, arXiv 2505.18521, for 32x32 images"),
@@ -94,8 +94,11 @@ CONFIG = {
 
 EXTRA_FLAGS = {
     "loss": (str, "training loss", ("pseudo_huber", "mse")),
-    "initial_levels": (int, "noise levels at the start of the curriculum",
-                       None),
+    "initial_levels": (
+        int,
+        "noise levels at the start of the curriculum",
+        None,
+    ),
     "final_levels": (int, "noise levels at the end of the curriculum", None),
 }
 
@@ -136,7 +139,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     return common.run(
-        args, build_model, channels=3, describe="Consistency training, CIFAR-10:"
+        args,
+        build_model,
+        channels=3,
+        describe="Consistency training, CIFAR-10:",
     )
 
 

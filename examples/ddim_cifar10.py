@@ -47,8 +47,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-from common import Default  # noqa: E402
+import common
+from common import Default
 
 PAPER1 = "paper 1, Li et al. 2024, arXiv 2406.12303"
 DDPM_TORCH = "tqch/ddpm-torch configs/cifar10.json, the DDIM code of paper 1"
@@ -58,8 +58,9 @@ CONFIG = {
     "image_size": Default(32, "CIFAR-10", quick=16),
     "flip": Default(True, DDPM_TORCH),
     "batch_size": Default(256, PAPER1, quick=32),
-    "steps": Default(397_800, "2040 epochs of ddpm-torch at batch 256; "
-                     "unverified", quick=4),
+    "steps": Default(
+        397_800, "2040 epochs of ddpm-torch at batch 256; unverified", quick=4
+    ),
     "eval_every": Default(10_000, "this example's choice", quick=2),
     "optimizer": Default("adam", DDPM_TORCH),
     "learning_rate": Default(2e-4, DDPM_TORCH, quick=2e-3),
@@ -75,8 +76,7 @@ CONFIG = {
     "sampling_steps": Default(50, "common DDIM setting; unverified", quick=5),
     "eval_sampling_steps": Default(50, "as --sampling-steps", quick=5),
     "eval_images": Default(10_000, "this example's choice", quick=16),
-    "eval_real_images": Default(50_000, "the CIFAR-10 training set",
-                                quick=256),
+    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
     "grid_images": Default(64, "this example's choice", quick=16),
     "assignment": Default("linear", PAPER1),
     "k": Default(4, "paper 2, arXiv 2505.18521, for 32x32 images"),

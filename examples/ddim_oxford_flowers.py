@@ -45,8 +45,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-from common import Default  # noqa: E402
+import common
+from common import Default
 
 KERAS_IO = "the keras.io DDIM example"
 
@@ -68,12 +68,14 @@ CONFIG = {
     "attention": Default((), KERAS_IO),
     "dropout": Default(0.0, KERAS_IO),
     "loss": Default("mae", KERAS_IO),
-    "sampling_steps": Default(20, KERAS_IO + " (plot_diffusion_steps)",
-                              quick=5),
+    "sampling_steps": Default(
+        20, KERAS_IO + " (plot_diffusion_steps)", quick=5
+    ),
     "eval_sampling_steps": Default(5, KERAS_IO + " (kid_diffusion_steps)"),
     "eval_images": Default(1000, "this example's choice", quick=16),
-    "eval_real_images": Default(10_000, "the whole held-out 20% (~1,640)",
-                                quick=256),
+    "eval_real_images": Default(
+        10_000, "the whole held-out 20% (~1,640)", quick=256
+    ),
     "grid_images": Default(18, KERAS_IO + ": a 3x6 grid", quick=16),
     "assignment": Default("linear", "this example's point (paper 1)"),
     "k": Default(8, "KNNSelection's default"),

@@ -41,8 +41,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-from common import Default  # noqa: E402
+import common
+from common import Default
 
 PAPER2 = "paper 2, arXiv 2505.18521"
 CODE = "paper 2's code, KNN-flow_matching/train_cifar10.py"
@@ -69,11 +69,9 @@ CONFIG = {
     "time_sampling": Default("uniform", "torchcfm"),
     "sampler": Default("euler", "paper 2's code, fid_euler.sh"),
     "sampling_steps": Default(50, "paper 2's code, fid_euler.sh", quick=5),
-    "eval_sampling_steps": Default(50, "paper 2's code, fid_euler.sh",
-                                   quick=5),
+    "eval_sampling_steps": Default(50, "paper 2's code, fid_euler.sh", quick=5),
     "eval_images": Default(10_000, "this example's choice", quick=16),
-    "eval_real_images": Default(50_000, "the CIFAR-10 training set",
-                                quick=256),
+    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
     "grid_images": Default(64, "this example's choice", quick=16),
     "assignment": Default("knn", PAPER2),
     "k": Default(4, PAPER2 + " and its code"),
@@ -84,8 +82,11 @@ CONFIG = {
 
 EXTRA_FLAGS = {
     "num_heads": (int, "heads of the attention blocks", None),
-    "time_sampling": (str, "distribution of the training times",
-                      ("uniform", "logit_normal")),
+    "time_sampling": (
+        str,
+        "distribution of the training times",
+        ("uniform", "logit_normal"),
+    ),
     "sampler": (str, "ODE solver of the samples", ("euler", "heun")),
 }
 

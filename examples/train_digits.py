@@ -28,8 +28,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-from common import Default  # noqa: E402
+import common
+from common import Default
 
 OURS = "CPU-scale choice of this library"
 
@@ -44,8 +44,9 @@ CONFIG = {
     "warmup_steps": Default(0, OURS),
     "weight_decay": Default(0.004, "AdamW's default"),
     "grad_clip": Default(0.0, OURS),
-    "ema": Default(0.99, "DESIGN.md: short EMA horizon on short runs",
-                   quick=0.9),
+    "ema": Default(
+        0.99, "DESIGN.md: short EMA horizon on short runs", quick=0.9
+    ),
     "widths": Default((32, 64), OURS, quick=(16, 32)),
     "block_depth": Default(2, OURS, quick=1),
     "attention": Default((), OURS),

@@ -36,33 +36,62 @@ EXAMPLES = os.path.join(ROOT, "examples")
 QUICK_STEPS = 4
 QUICK_EVAL_EVERY = 2
 GRID_IMAGES = 16
-COLUMNS = {"epoch", "step", "loss", "assignment_gain", "val_kid", "val_fid",
-           "wall_time"}
+COLUMNS = {
+    "epoch",
+    "step",
+    "loss",
+    "assignment_gain",
+    "val_kid",
+    "val_fid",
+    "wall_time",
+}
 
 # name -> the backend that runs it, extra flags, and what the run must give.
 CASES = {
-    "train_digits": dict(
-        backend="tensorflow", flags=[], assignment="linear",
-        image_size=8, channels=1, sampling_steps=5,
-    ),
-    "ddim_oxford_flowers": dict(
-        backend="tensorflow", flags=["--assignment", "none"],
-        assignment="none", image_size=16, channels=3, sampling_steps=5,
-    ),
-    "flow_matching_cifar10": dict(
-        backend="jax", flags=[], assignment="knn",
-        image_size=16, channels=3, sampling_steps=5,
-    ),
-    "ddim_cifar10": dict(
-        backend="torch", flags=["--assignment", "knn", "--k", "3"],
-        assignment="knn", image_size=16, channels=3, sampling_steps=5,
-    ),
-    "consistency_cifar10": dict(
-        backend="torch", flags=[], assignment="linear",
-        image_size=16, channels=3, sampling_steps=1,
-    ),
+    "train_digits": {
+        "backend": "tensorflow",
+        "flags": [],
+        "assignment": "linear",
+        "image_size": 8,
+        "channels": 1,
+        "sampling_steps": 5,
+    },
+    "ddim_oxford_flowers": {
+        "backend": "tensorflow",
+        "flags": ["--assignment", "none"],
+        "assignment": "none",
+        "image_size": 16,
+        "channels": 3,
+        "sampling_steps": 5,
+    },
+    "flow_matching_cifar10": {
+        "backend": "jax",
+        "flags": [],
+        "assignment": "knn",
+        "image_size": 16,
+        "channels": 3,
+        "sampling_steps": 5,
+    },
+    "ddim_cifar10": {
+        "backend": "torch",
+        "flags": ["--assignment", "knn", "--k", "3"],
+        "assignment": "knn",
+        "image_size": 16,
+        "channels": 3,
+        "sampling_steps": 5,
+    },
+    "consistency_cifar10": {
+        "backend": "torch",
+        "flags": [],
+        "assignment": "linear",
+        "image_size": 16,
+        "channels": 3,
+        "sampling_steps": 1,
+    },
 }
-HERE = sorted(name for name, case in CASES.items() if case["backend"] == BACKEND)
+HERE = sorted(
+    name for name, case in CASES.items() if case["backend"] == BACKEND
+)
 
 
 def load_example(name):
@@ -83,12 +112,22 @@ def run_quick(name, output, extra=()):
     env["OMP_NUM_THREADS"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     command = [
-        sys.executable, os.path.join(EXAMPLES, name + ".py"), "--quick",
-        "--output", str(output), *CASES[name]["flags"], *extra,
+        sys.executable,
+        os.path.join(EXAMPLES, name + ".py"),
+        "--quick",
+        "--output",
+        str(output),
+        *CASES[name]["flags"],
+        *extra,
     ]
     start = time.time()
     result = subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True,
+        command,
+        check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     seconds = time.time() - start
@@ -133,13 +172,17 @@ def grid_tiles(path, count, size, channels, scale):
     rows = math.ceil(count / cols)
     tile = size * scale
     assert image.shape == (
-        rows * tile + rows + 1, cols * tile + cols + 1, channels
+        rows * tile + rows + 1,
+        cols * tile + cols + 1,
+        channels,
     ), image.shape
     tiles = []
     for i in range(count):
         top = 1 + (i // cols) * (tile + 1)
         left = 1 + (i % cols) * (tile + 1)
-        tiles.append(image[top:top + tile:scale, left:left + tile:scale])
+        tiles.append(
+            image[top : top + tile : scale, left : left + tile : scale]
+        )
     return np.stack(tiles)
 
 
@@ -170,7 +213,9 @@ def test_example_quick_run(name, quick_runs):
     scale = max(1, 32 // size)
     for path in ("samples/epoch_0001.png", "samples/epoch_0002.png"):
         grid_tiles(output / path, GRID_IMAGES, size, channels, scale)
-    final = grid_tiles(output / "samples.png", GRID_IMAGES, size, channels, scale)
+    final = grid_tiles(
+        output / "samples.png", GRID_IMAGES, size, channels, scale
+    )
     assert final.std() > 0  # not a blank grid
 
     # The saved model reloads and generates the final grid's images again.
@@ -181,7 +226,8 @@ def test_example_quick_run(name, quick_runs):
     again = np.round(np.clip(images, 0.0, 1.0) * 255.0)
     difference = np.abs(again - final.astype("float64"))
     assert difference.mean() < 0.5 and np.mean(difference > 2) < 0.01, (
-        difference.mean(), difference.max()
+        difference.mean(),
+        difference.max(),
     )
 
     # The checkpoint for --resume holds the optimizer at the last step.
@@ -223,17 +269,24 @@ def test_example_defaults_are_the_papers():
     """The default configuration of each example (no flags)."""
     ddim = load_example("ddim_cifar10").parse_args([])
     assert (ddim.dataset, ddim.batch_size, ddim.assignment) == (
-        "cifar10", 256, "linear"
+        "cifar10",
+        256,
+        "linear",
     )
     assert (ddim.learning_rate, ddim.warmup_steps, ddim.ema) == (
-        2e-4, 5000, 0.9999
+        2e-4,
+        5000,
+        0.9999,
     )
     assert ddim.widths == (128, 256, 256, 256) and ddim.attention == (16,)
     assert (ddim.solver, ddim.distance, ddim.quantize) == ("scipy", "l2", True)
 
     flow = load_example("flow_matching_cifar10").parse_args([])
     assert (flow.assignment, flow.k, flow.batch_size, flow.steps) == (
-        "knn", 4, 256, 400_000
+        "knn",
+        4,
+        256,
+        400_000,
     )
     assert (flow.sampler, flow.sampling_steps) == ("euler", 50)
 
@@ -243,36 +296,53 @@ def test_example_defaults_are_the_papers():
 
     flowers = load_example("ddim_oxford_flowers").parse_args([])
     assert (flowers.dataset, flowers.image_size, flowers.batch_size) == (
-        "oxford_flowers", 64, 64
+        "oxford_flowers",
+        64,
+        64,
     )
     assert flowers.widths == (32, 64, 96, 128) and flowers.block_depth == 2
-    assert (flowers.optimizer, flowers.learning_rate, flowers.weight_decay,
-            flowers.ema, flowers.loss) == ("adamw", 1e-3, 1e-4, 0.999, "mae")
+    assert (
+        flowers.optimizer,
+        flowers.learning_rate,
+        flowers.weight_decay,
+        flowers.ema,
+        flowers.loss,
+    ) == ("adamw", 1e-3, 1e-4, 0.999, "mae")
     assert flowers.steps == 50 * 510 and flowers.eval_every == 510
 
     # The README's main job: `python examples/train_digits.py`, no flags.
     digits = load_example("train_digits").parse_args([])
-    assert (digits.assignment, digits.steps, digits.batch_size, digits.seed,
-            digits.sampling_steps) == ("linear", 1500, 128, 0, 30)
+    assert (
+        digits.assignment,
+        digits.steps,
+        digits.batch_size,
+        digits.seed,
+        digits.sampling_steps,
+    ) == ("linear", 1500, 128, 0, 30)
     assert digits.output == os.path.join("outputs", "digits")
     assert (digits.optimizer, digits.learning_rate, digits.ema) == (
-        "adamw", 1e-3, 0.99
+        "adamw",
+        1e-3,
+        0.99,
     )
 
 
 def test_quick_flags_and_explicit_flags():
     module = load_example("ddim_cifar10")
     quick = module.parse_args(["--quick"])
-    assert (quick.dataset, quick.steps, quick.eval_every, quick.grid_images) == (
-        "digits", QUICK_STEPS, QUICK_EVAL_EVERY, GRID_IMAGES
-    )
+    assert (
+        quick.dataset,
+        quick.steps,
+        quick.eval_every,
+        quick.grid_images,
+    ) == ("digits", QUICK_STEPS, QUICK_EVAL_EVERY, GRID_IMAGES)
     assert quick.output == os.path.join("outputs", "ddim_cifar10_quick")
     # An explicit flag wins over both the paper and the quick value.
     mixed = module.parse_args(["--quick", "--batch-size", "8", "--no-quantize"])
     assert (mixed.batch_size, mixed.quantize) == (8, False)
-    assert module.parse_args(["--widths", "8,16", "--attention", ""]).widths == (
-        8, 16
-    )
+    assert module.parse_args(
+        ["--widths", "8,16", "--attention", ""]
+    ).widths == (8, 16)
     for bad in (
         ["--quick", "--image-size", "12"],  # digits stand-in: multiple of 8
         ["--steps", "0"],
@@ -289,10 +359,16 @@ def check_real_run_without_data_fails_at_once(tmp_path, capsys):
 
     example = load_example("ddim_cifar10")
     with pytest.raises(DatasetNotPreparedError, match="tfds build cifar10"):
-        example.main([
-            "--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"),
-            "--output", str(tmp_path / "out"),
-        ])
+        example.main(
+            [
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path / "empty"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert "--quick" in capsys.readouterr().err
     # Nothing was trained or written.
     assert not os.path.exists(tmp_path / "out" / "log.csv")
@@ -307,8 +383,16 @@ def check_tfds_data_under_mock_data():
         ("oxford_flowers", "ddim_oxford_flowers"),
     ):
         args = load_example(example).parse_args(
-            ["--dataset", name, "--image-size", "16", "--batch-size", "4",
-             "--eval-real-images", "6"]
+            [
+                "--dataset",
+                name,
+                "--image-size",
+                "16",
+                "--batch-size",
+                "4",
+                "--eval-real-images",
+                "6",
+            ]
         )
         with tfds.testing.mock_data(num_examples=10):
             train, real, shape = common.load_data(args, 3, seed=0)
