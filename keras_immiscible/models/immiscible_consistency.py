@@ -1,0 +1,525 @@
+"""`ImmiscibleConsistency`: improved consistency training, assigned noise."""
+
+import itertools
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_immiscible.models.immiscible_model import ImmiscibleModel
+from keras_immiscible.schedules import consistency as cm
+
+# iCT's two-step sampling schedule for CIFAR-10 (Song & Dhariwal, 2023).
+TWO_STEP_SIGMA = 0.821
+
+
+def _check_number(name, value, minimum=None, exclusive=True):
+    if isinstance(value, bool) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}.")
+    if minimum is not None and (
+        value <= minimum if exclusive else value < minimum
+    ):
+        bound = ">" if exclusive else ">="
+        raise ValueError(f"`{name}` must be {bound} {minimum}, got {value}.")
+    return value
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_immiscible")
+class ConsistencySampler:
+    """One-step and multistep sampling of a consistency model.
+
+    With the consistency function `f(x, sigma)` (noisy input at level
+    `sigma` to clean data) and decreasing noise levels
+    `sigma_0 > sigma_1 > ... > sigma_{n-1}`, starting from `z ~ N(0, I)`:
+
+    ```
+    x = sigma_0 * z
+    for k in range(n):
+        x0 = f(x, sigma_k)
+        if k < n - 1:
+            x = x0 + sqrt(sigma_{k+1}**2 - sigma_min**2) * z_k,  z_k ~ N(0, I)
+    return x0
+    ```
+
+    One step (`n = 1`) is `f(sigma_max z, sigma_max)`. The levels are
+    `sigmas` when given; otherwise, for `steps` steps: `(sigma_max,)` for
+    one step, the paper's CIFAR-10 pair `(sigma_max, 0.821)` for two steps,
+    and for more steps the first `steps` levels of the `steps + 1`-level
+    Karras grid from `sigma_max` down to `sigma_min` (the last level,
+    `sigma_min`, is left out: there `f` is the identity).
+
+    Args:
+        sigmas: `None`, or a strictly decreasing sequence of noise levels in
+            `(sigma_min, sigma_max]`; `generate` then takes
+            `steps = len(sigmas)`.
+
+    Example:
+
+    ```python
+    model.generate(16, sampler=ConsistencySampler(sigmas=(80.0, 2.0, 0.5)))
+    ```
+    """
+
+    kind = "consistency"
+
+    def __init__(self, sigmas=None):
+        if sigmas is not None:
+            if isinstance(sigmas, (str, bytes)) or not hasattr(
+                sigmas, "__len__"
+            ):
+                raise TypeError(
+                    f"`sigmas` must be None or a sequence, got {sigmas!r}."
+                )
+            sigmas = [_check_number("sigmas", s, 0.0) for s in sigmas]
+            if not sigmas or any(
+                b >= a for a, b in itertools.pairwise(sigmas)
+            ):
+                raise ValueError(
+                    "`sigmas` must be a non-empty, strictly decreasing "
+                    f"sequence of noise levels, got {sigmas}."
+                )
+        self.sigmas = sigmas
+
+    def sigma_sequence(self, steps, sigma_min, sigma_max, rho=cm.RHO):
+        """The `steps` decreasing noise levels visited (Python floats)."""
+        if self.sigmas is not None:
+            if steps != len(self.sigmas):
+                raise ValueError(
+                    f"`steps` must equal len(sigmas) = {len(self.sigmas)} "
+                    f"for {self!r}, got {steps}."
+                )
+            sigmas = list(self.sigmas)
+        elif steps == 1:
+            sigmas = [sigma_max]
+        elif steps == 2 and sigma_min < TWO_STEP_SIGMA < sigma_max:
+            sigmas = [sigma_max, TWO_STEP_SIGMA]
+        else:
+            ramp = np.linspace(0.0, 1.0, steps + 1)
+            low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+            grid = (high + ramp * (low - high)) ** rho
+            grid[0] = sigma_max
+            sigmas = [float(s) for s in grid[:-1]]
+        if sigmas[0] > sigma_max or sigmas[-1] <= sigma_min:
+            raise ValueError(
+                f"The sampling levels {sigmas} must lie in (sigma_min, "
+                f"sigma_max] = ({sigma_min}, {sigma_max}]."
+            )
+        return sigmas
+
+    def sample(self, consistency_fn, initial_noise, steps, seed=None,
+               sigma_min=cm.SIGMA_MIN, sigma_max=cm.SIGMA_MAX, rho=cm.RHO):
+        """Runs the sampler.
+
+        Args:
+            consistency_fn: `f(x, sigma)`, with `sigma` a Python float,
+                returning the clean-data estimate shaped like `x`.
+            initial_noise: `z ~ N(0, I)`, `(B, ...)`.
+            steps: int >= 1, the number of evaluations of `f`.
+            seed: int, `keras.random.SeedGenerator` or None, for the noise
+                injected between steps.
+            sigma_min, sigma_max, rho: the model's noise range and grid.
+
+        Returns:
+            The samples, shaped like `initial_noise`.
+        """
+        sigmas = self.sigma_sequence(int(steps), sigma_min, sigma_max, rho)
+        if not isinstance(seed, keras.random.SeedGenerator):
+            # A fresh draw at every step (an int seed would repeat it).
+            seed = keras.random.SeedGenerator(seed)
+        noise = ops.convert_to_tensor(initial_noise)
+        x = sigmas[0] * noise
+        for k, sigma in enumerate(sigmas):
+            denoised = consistency_fn(x, sigma)
+            if k + 1 < len(sigmas):
+                scale = math.sqrt(sigmas[k + 1] ** 2 - sigma_min**2)
+                x = denoised + scale * keras.random.normal(
+                    ops.shape(noise), seed=seed
+                )
+        return denoised
+
+    def get_config(self):
+        return {"sigmas": self.sigmas}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"ConsistencySampler(sigmas={self.sigmas!r})"
+
+
+@keras.saving.register_keras_serializable(package="keras_immiscible")
+class ImmiscibleConsistency(ImmiscibleModel):
+    """Improved consistency training (iCT) with immiscible noise assignment.
+
+    A consistency model maps a noisy image at any noise level straight to
+    clean data, so it samples in one step (or a few). This is consistency
+    *training* as in Song & Dhariwal (2023), "Improved Techniques for
+    Training Consistency Models", with the batch's Gaussian noise *assigned*
+    to the images first (exactly as in the other families); the Immiscible
+    Diffusion papers report the largest speed-up (about 3x fewer steps on
+    CIFAR-10) on this family.
+
+    **Parametrization** (EDM, `sigma_data = 0.5` for data in [-1, 1]):
+    `f(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s))` with
+    `c_skip = sd^2 / ((s - s_min)^2 + sd^2)`,
+    `c_out = sd (s - s_min) / sqrt(sd^2 + s^2)`,
+    `c_in = 1 / sqrt(s^2 + sd^2)`, so `f(x, s_min) = x` exactly;
+    `c_noise` is EDM's `0.25 ln s` mapped affinely onto `[0.1, 0.9]` for
+    the UNet's sinusoidal embedding
+    (`keras_immiscible.schedules.consistency.noise_conditioning`).
+
+    **Training step**, for data `x0`, its assigned noise `z` and training
+    step `k` (counted by the model, `training_steps`):
+
+    1. Levels: Karras grid
+       `s_i = (s_min^(1/rho) + i/(N-1) (s_max^(1/rho) - s_min^(1/rho)))^rho`,
+       `i = 0..N-1`, with the curriculum
+       `N(k) = min(s0 2^floor(k/K'), s1) + 1`,
+       `K' = floor(K / (log2 floor(s1/s0) + 1))`.
+    2. Per sample, a pair `(s_i, s_{i+1})` drawn with
+       `p(i) ~ erf((ln s_{i+1} - P_mean)/(sqrt2 P_std))
+               - erf((ln s_i - P_mean)/(sqrt2 P_std))`.
+    3. The same noise at both levels: `x_i = x0 + s_i z`,
+       `x_{i+1} = x0 + s_{i+1} z`.
+    4. Loss `mean(lambda(s_i) d(f(x_{i+1}, s_{i+1}), stopgrad f(x_i, s_i)))`
+       with `lambda(s_i) = 1 / (s_{i+1} - s_i)` and the pseudo-Huber
+       distance `d(a, b) = sqrt(||a - b||^2 + c^2) - c`,
+       `c = 0.00054 sqrt(dim)`. No EMA teacher: the target is the same
+       network under `stop_gradient`.
+
+    The curriculum depends on `total_training_steps` (`K`): **set it to the
+    length of your run** (the number of optimizer steps); the default is
+    the paper's 400,000. The step counter is a non-trainable model variable,
+    saved with the model and advanced by every training step (also across
+    `fit` calls).
+
+    **Sampling**: `generate(n, steps=1)` is `f(s_max z, s_max)`; more steps
+    alternate denoising and re-noising, see `ConsistencySampler` (pass
+    `sigmas=` to `generate` to choose the levels).
+
+    Args:
+        network: the network `F`, a `keras.Model` called as
+            `network([scaled_noisy_images, c_noise])` (+ labels), e.g.
+            `keras_immiscible.layers.UNet(...)`.
+        assignment: `"linear"`, `"knn"`, `None` (plain consistency training)
+            or a `keras_immiscible.assignment.NoiseAssigner`.
+        total_training_steps: `K`, the planned number of training steps,
+            which sets the speed of the discretisation curriculum.
+        sampler: `None` (a default `ConsistencySampler()`) or a
+            `ConsistencySampler`.
+        sigma_min: smallest noise level (the boundary of `f`).
+        sigma_max: largest noise level (where sampling starts).
+        sigma_data: standard deviation of the data (in [-1, 1]).
+        rho: exponent of the Karras grid.
+        initial_levels: `s0`, the curriculum's initial number of steps.
+        final_levels: `s1`, its final number of steps.
+        p_mean: mean of `ln sigma` of the lognormal level sampling.
+        p_std: standard deviation of `ln sigma`.
+        loss_type: `"pseudo_huber"` (iCT) or `"mse"` (the mean squared
+            error per element, weighted by the same `lambda`).
+        huber_c: the pseudo-Huber constant; `None` uses
+            `0.00054 * sqrt(prod(image_shape))`.
+        data_dtype: `"float32"` (images in [0, 1]) or `"uint8"`; `None`
+            takes it from the first training batch.
+        seed: int seed of the model's `SeedGenerator` (noise, levels).
+
+    Example:
+
+    ```python
+    import keras, keras_immiscible as ki
+    net = ki.layers.UNet(image_shape=(8, 8, 1), widths=(32, 64), block_depth=1)
+    images = ki.data.load_digits()  # 1797 images: 15 batches of 128
+    model = ki.ImmiscibleConsistency(
+        net, assignment="linear", total_training_steps=15 * 20
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=0.99)
+    )
+    model.fit(images, batch_size=128, epochs=20)
+    samples = model.generate(16, steps=1, seed=0)  # float32 in [0, 1]
+    two_step = model.generate(16, steps=2, seed=0)  # levels (80, 0.821)
+    ```
+    """
+
+    default_steps = 1
+    loss_types = ("pseudo_huber", "mse")
+
+    def __init__(
+        self,
+        network,
+        assignment="linear",
+        total_training_steps=400_000,
+        sampler=None,
+        sigma_min=cm.SIGMA_MIN,
+        sigma_max=cm.SIGMA_MAX,
+        sigma_data=cm.SIGMA_DATA,
+        rho=cm.RHO,
+        initial_levels=cm.INITIAL_LEVELS,
+        final_levels=cm.FINAL_LEVELS,
+        p_mean=cm.P_MEAN,
+        p_std=cm.P_STD,
+        loss_type="pseudo_huber",
+        huber_c=None,
+        data_dtype=None,
+        seed=None,
+        **kwargs,
+    ):
+        self.total_training_steps = _check_int(
+            "total_training_steps", total_training_steps, 1
+        )
+        self.sigma_min = _check_number("sigma_min", sigma_min, 0.0)
+        self.sigma_max = _check_number("sigma_max", sigma_max, self.sigma_min)
+        self.sigma_data = _check_number("sigma_data", sigma_data, 0.0)
+        self.rho = _check_number("rho", rho, 0.0)
+        self.initial_levels = _check_int("initial_levels", initial_levels, 1)
+        self.final_levels = _check_int(
+            "final_levels", final_levels, self.initial_levels
+        )
+        self.p_mean = _check_number("p_mean", p_mean)
+        self.p_std = _check_number("p_std", p_std, 0.0)
+        if huber_c is not None:
+            huber_c = _check_number("huber_c", huber_c, 0.0)
+        sampler = self._get_sampler(sampler)
+        super().__init__(
+            network,
+            assignment=assignment,
+            sampler=sampler,
+            loss_type=loss_type,
+            data_dtype=data_dtype,
+            seed=seed,
+            **kwargs,
+        )
+        self.huber_c = huber_c
+        self.training_steps = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="training_steps",
+        )
+
+    @staticmethod
+    def _get_sampler(sampler):
+        """A `ConsistencySampler` from `None`, `"consistency"`, a config
+        dict or an instance; anything else is refused."""
+        if sampler is None or (
+            isinstance(sampler, str) and sampler.lower() == "consistency"
+        ):
+            return ConsistencySampler()
+        if isinstance(sampler, dict):
+            sampler = keras.saving.deserialize_keras_object(
+                sampler,
+                custom_objects={"ConsistencySampler": ConsistencySampler},
+            )
+        if getattr(sampler, "kind", None) != "consistency":
+            raise ValueError(
+                "`sampler` of a consistency model must be None, "
+                f"'consistency' or a ConsistencySampler, got {sampler!r}."
+            )
+        return sampler
+
+    # ------------------------------------------------------ consistency math
+
+    @property
+    def pseudo_huber_c(self):
+        """The pseudo-Huber constant in use."""
+        if self.huber_c is not None:
+            return self.huber_c
+        return cm.pseudo_huber_c(int(np.prod(self.image_shape)))
+
+    def num_levels(self, step=None):
+        """`N(k)` at training step `step` (default: the model's counter)."""
+        if step is None:
+            step = self.training_steps
+        return cm.curriculum_num_levels(
+            step, self.total_training_steps, self.initial_levels,
+            self.final_levels,
+        )
+
+    def sigmas(self, index, num_levels):
+        """Karras noise levels `sigma_index` of an `num_levels`-level grid."""
+        return cm.karras_sigma(
+            index, num_levels, self.sigma_min, self.sigma_max, self.rho
+        )
+
+    def sample_index(self, batch_size, num_levels):
+        """Draws the pair index `i` (pairs `(s_i, s_{i+1})`) of every sample.
+
+        Lognormal over the current grid (see `index_probabilities`), over a
+        fixed-size vector of `final_levels` pairs whose entries `i >= N - 1`
+        have probability 0, so that `N` may be a tensor inside the compiled
+        step. Drawn by inverting the cumulative distribution: with
+        `u ~ U[0, 1)`, `i = #{j : cdf_j <= u}` (`B x final_levels`
+        comparisons, cheaper than a Gumbel draw per entry).
+
+        Returns:
+            int32 tensor `(batch_size,)` in `[0, N - 2]`.
+        """
+        probabilities = cm.index_probabilities(
+            num_levels,
+            max_levels=self.final_levels + 1,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            rho=self.rho,
+            p_mean=self.p_mean,
+            p_std=self.p_std,
+        )
+        cdf = ops.cumsum(probabilities)
+        u = keras.random.uniform((batch_size, 1), seed=self.seed_generator)
+        index = ops.sum(ops.cast(cdf[None, :] <= u, "int32"), axis=1)
+        # Rounding can leave cdf[-1] just under u: stay on the grid.
+        return ops.minimum(index, ops.cast(num_levels, "int32") - 2)
+
+    def consistency_function(self, noisy, sigma, labels=None, training=False,
+                             network=None):
+        """`f(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`.
+
+        Args:
+            noisy: noisy images `(B, H, W, C)` at the levels `sigma`.
+            sigma: per-sample noise levels `(B,)`.
+            labels: int labels `(B,)` for class-conditional networks.
+            training: passed to the network.
+            network: the callable to use as `F` (default: `self.network`).
+
+        Returns:
+            The clean-data estimate, shaped like `noisy`.
+        """
+        c_skip, c_out, c_in = cm.edm_scalings(
+            sigma, self.sigma_data, self.sigma_min
+        )
+        c_skip, c_out, c_in = (
+            self._per_sample(c) for c in (c_skip, c_out, c_in)
+        )
+        conditioning = cm.noise_conditioning(
+            sigma, self.sigma_min, self.sigma_max
+        )
+        inputs = self._network_inputs(c_in * noisy, conditioning, labels)
+        if network is None:
+            output = self.network(inputs, training=training)
+        else:
+            output = network(inputs)
+        return c_skip * noisy + c_out * ops.cast(output, "float32")
+
+    def noise_loss(self, data, noise, labels=None, training=True):
+        """iCT loss of `data` in [-1, 1] with its assigned `noise`."""
+        num_levels = self.num_levels()
+        index = self.sample_index(ops.shape(data)[0], num_levels)
+        sigma = self.sigmas(index, num_levels)
+        sigma_next = self.sigmas(index + 1, num_levels)
+        student = self.consistency_function(
+            data + self._per_sample(sigma_next) * noise,
+            sigma_next,
+            labels,
+            training=training,
+        )
+        target = ops.stop_gradient(
+            self.consistency_function(
+                data + self._per_sample(sigma) * noise,
+                sigma,
+                labels,
+                training=training,
+            )
+        )
+        if self.loss_type == "pseudo_huber":
+            distance = cm.pseudo_huber(student, target, self.pseudo_huber_c)
+        else:
+            axes = tuple(range(1, len(self.image_shape) + 1))
+            distance = ops.mean(ops.square(student - target), axis=axes)
+        loss = ops.mean(cm.loss_weight(sigma, sigma_next) * distance)
+        if training:
+            self.training_steps.assign_add(1)
+        return loss
+
+    # -------------------------------------------------------------- sampling
+
+    def generate(
+        self,
+        num_images,
+        steps=None,
+        seed=None,
+        labels=None,
+        sampler=None,
+        batch_size=None,
+        sigmas=None,
+    ):
+        """Generates images from pure noise in `steps` consistency steps.
+
+        Takes the arguments of `ImmiscibleModel.generate` (the default is one
+        step), plus `sigmas`: a decreasing sequence of noise levels for
+        multistep sampling (a shortcut for
+        `sampler=ConsistencySampler(sigmas)`; `steps` then defaults to
+        `len(sigmas)`).
+        """
+        if sigmas is not None:
+            if sampler is not None:
+                raise ValueError("Pass either `sampler` or `sigmas`, not both.")
+            sampler = ConsistencySampler(sigmas)
+        if sampler is not None:
+            sampler = self._get_sampler(sampler)
+        active = sampler if sampler is not None else self.sampler
+        if steps is None and getattr(active, "sigmas", None) is not None:
+            steps = len(active.sigmas)
+        return super().generate(
+            num_images,
+            steps=steps,
+            seed=seed,
+            labels=labels,
+            sampler=sampler,
+            batch_size=batch_size,
+        )
+
+    def sample(self, noise, steps, sampler, seed, labels=None):
+        sampler = self._get_sampler(sampler)
+        network = self._inference_network()
+        batch = ops.shape(noise)[0]
+
+        def consistency_fn(x, sigma):
+            sigma = ops.full((batch,), sigma, "float32")
+            return self.consistency_function(
+                x, sigma, labels, network=network
+            )
+
+        return sampler.sample(
+            consistency_fn,
+            noise,
+            steps,
+            seed=seed,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            rho=self.rho,
+        )
+
+    # --------------------------------------------------------- serialization
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "total_training_steps": self.total_training_steps,
+                "sigma_min": self.sigma_min,
+                "sigma_max": self.sigma_max,
+                "sigma_data": self.sigma_data,
+                "rho": self.rho,
+                "initial_levels": self.initial_levels,
+                "final_levels": self.final_levels,
+                "p_mean": self.p_mean,
+                "p_std": self.p_std,
+                "huber_c": self.huber_c,
+            }
+        )
+        return config
