@@ -205,9 +205,11 @@ print(f"pipeline assignment_gain: {history.history['assignment_gain'][-1]:.4f}")
 """
 ## Which one to use
 
-- **Default: `"linear"` (scipy on the host).** Exact, and well under a
-  millisecond per batch of 128 images. On JAX and PyTorch it needs nothing
-  else. On TensorFlow it turns XLA off for the step (the model says so).
+- **Default: `"linear"` (scipy on the host).** Exact; at B=128 the solve
+  itself takes under a millisecond, the whole assigner in a jitted JAX step
+  about 1 ms on a GPU machine and 9 ms on a 2-core CPU. On JAX and PyTorch
+  it needs nothing else. On TensorFlow it turns XLA off for the step (the
+  model says so).
 - **TensorFlow with XLA, or a TPU:** `LinearAssignment(solver="auction")` or
   `"knn"`, or the pipelined host path above.
 - **Large batches (1,024 and up) on a fast accelerator:** the exact solve
