@@ -10,6 +10,7 @@ from keras_immiscible import schedules
 
 from keras_immiscible.models import ImmiscibleDiffusion
 from keras_immiscible.models import ImmiscibleConsistency
+from keras_immiscible.models import ImmiscibleFlowMatching
 
 __version__ = "0.1.0.dev0"
 from keras_immiscible import metrics  # noqa: E402
