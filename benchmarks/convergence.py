@@ -43,14 +43,15 @@ Datasets (--dataset):
               reference; features: the digits classifier
               (`keras_immiscible.metrics.digits_feature_extractor`).
     digits16, digits32
-              the same digits resized to 16x16 / 32x32, if
-              `keras_immiscible.data.load_digits` accepts `image_size=`.
-              Generated images are area-averaged back to 8x8 before the
+              the same digits upsampled (nearest neighbour) to 16x16 / 32x32
+              (`load_digits(image_size=...)`), UNet widths (32, 64, 96).
+              Generated images are block-averaged back to 8x8 before the
               digits classifier, so all sizes share one feature space.
-    cifar10   CIFAR-10 through tensorflow-datasets (needs the data set
-              downloaded or prepared, and Inception-V3 weights:
-              `--inception-weights imagenet` or a local file). Only when
-              asked; meant for a GPU.
+    cifar10   CIFAR-10 through `keras_immiscible.data.load_cifar10`
+              (tensorflow-datasets; the data must be prepared, nothing is
+              downloaded) with Inception-V3 features (`--inception-weights
+              imagenet`, downloaded by Keras, or a local file). Only when
+              asked; meant for a GPU, with a larger --num-samples.
 Add a data set in `DATASETS` (a loader returning train and reference images,
 the network widths and the metric options).
 """
@@ -340,22 +341,13 @@ def _area_downsample(images, size):
 
 
 def _load_digits_sized(image_size):
-    import inspect
-
     import keras_immiscible as ki
 
-    loader = ki.data.load_digits
-    kwargs = {}
-    if image_size != 8:
-        if "image_size" not in inspect.signature(loader).parameters:
-            raise ValueError(
-                f"`--dataset digits{image_size}` needs "
-                "keras_immiscible.data.load_digits(image_size=...), which this "
-                "version of the library does not have."
-            )
-        kwargs["image_size"] = image_size
-    train = loader(split="train", dtype="float32", **kwargs)
-    test = loader(split="test", dtype="float32", **kwargs)
+    # Nearest-neighbour upsampling: a block average gives back the 8x8 image
+    # exactly, so the 8x8 digits classifier scores every size.
+    kwargs = {} if image_size == 8 else {"image_size": image_size}
+    train = ki.data.load_digits(split="train", dtype="float32", **kwargs)
+    test = ki.data.load_digits(split="test", dtype="float32", **kwargs)
     return train, test
 
 
@@ -389,28 +381,29 @@ def _digits(image_size):
 
 
 def _cifar10(args):
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise ImportError(
-            "`--dataset cifar10` needs tensorflow-datasets "
-            "(`pip install tensorflow-datasets`)."
-        ) from e
     import numpy as np
 
-    def split(name):
-        data = tfds.as_numpy(
-            tfds.load("cifar10", split=name, as_supervised=True, batch_size=-1)
-        )
-        return np.asarray(data[0], dtype="float32") / 255.0
+    import keras_immiscible as ki
 
-    return dict(
-        train=split("train"),
-        reference=split("test"),
-        widths=(32, 64, 96, 128),
-        block_depth=2,
-        metric_options=dict(feature_extractor=None, weights=args.inception_weights),
-    )
+    def split(name):
+        # Raises DatasetNotPreparedError (no download) when the data is
+        # missing; prepare it with tensorflow-datasets first.
+        dataset = ki.data.load_cifar10(
+            split=name, batch_size=5000, shuffle=False, cache=False,
+            drop_remainder=False, seed=0,
+        )
+        return np.concatenate(list(dataset.as_numpy_iterator()), axis=0)
+
+    return {
+        "train": split("train"),
+        "reference": split("test"),
+        "widths": (32, 64, 96, 128),
+        "block_depth": 2,
+        "metric_options": {
+            "feature_extractor": None,
+            "weights": args.inception_weights,
+        },
+    }
 
 
 DATASETS = {
@@ -856,6 +849,69 @@ def _fmt_ratio(value, kind):
     return f"{kind}{value:.2f}x"
 
 
+def _feature_space(dataset):
+    if dataset == "cifar10":
+        return "the Inception-V3 pool feature space (2048-d)"
+    if dataset in ("digits16", "digits32"):
+        return (
+            "the digits-classifier feature space (64-d), samples "
+            "block-averaged to 8x8 first"
+        )
+    return "the digits-classifier feature space (64-d)"
+
+
+def _median_step_ms(records, arm):
+    import numpy as np
+
+    values = [
+        r["train_ms_per_step"]
+        for r in records
+        if not r.get("header") and r["method"] == arm and r["step"] != r["segment_steps"]
+    ]
+    return float(np.median(values)) if values else float("nan")
+
+
+def summary_lines(records, args):
+    """A few computed sentences: final FID, paired ratios, speed-up."""
+    import numpy as np
+
+    data = curves(records)
+    arms = sorted({m for m, _ in data}, key=lambda m: ARMS.index(m))
+    seeds = sorted({s for _, s in data})
+    if "vanilla" not in arms or len(arms) < 2:
+        return []
+    table = speedup_table(records, args.tolerance, args.smooth, args.final_window)
+    lines = ["## Summary (computed)", ""]
+    for arm in arms:
+        if arm == "vanilla":
+            continue
+        paired = [s for s in seeds if (arm, s) in data and ("vanilla", s) in data]
+        steps = data[(arm, paired[0])]["step"]
+        ratios = np.array(
+            [data[(arm, s)]["fid"] / data[("vanilla", s)]["fid"] for s in paired]
+        )
+        mean_ratio = np.exp(np.log(ratios).mean(axis=0))
+        best = int(np.argmin(mean_ratio))
+        better = [int(st) for st, r in zip(steps, ratios.T) if np.all(r < 1)]
+        final_arm = np.exp(np.mean([np.log(data[(arm, s)]["fid"][-1]) for s in paired]))
+        final_van = np.exp(
+            np.mean([np.log(data[("vanilla", s)]["fid"][-1]) for s in paired])
+        )
+        mc = table["mean_curve"].get(arm)
+        speed = _fmt_ratio(mc[0], mc[1]) if mc else "n/a"
+        lines.append(
+            f"- **{arm}**: FID at step {int(steps[-1])} {final_arm:.2f} vs "
+            f"vanilla {final_van:.2f} (paired ratio {mean_ratio[-1]:.2f}); "
+            f"best paired ratio {mean_ratio[best]:.2f} at step {int(steps[best])}; "
+            "better than vanilla on every seed at steps: "
+            f"{', '.join(map(str, better)) if better else 'none'}; "
+            f"speed-up to (1 + {args.tolerance:g}) x vanilla's final FID on the "
+            f"seed-mean curves: {speed}."
+        )
+    lines.append("")
+    return lines
+
+
 def write_markdown(records, args, path, extra_tolerances=(0.25, 0.5, 1.0)):
     import numpy as np
 
@@ -880,9 +936,12 @@ def write_markdown(records, args, path, extra_tolerances=(0.25, 0.5, 1.0)):
         "FID/KID: EMA weights, "
         f"{config.get('num_samples')} samples, DDIM with "
         f"{config.get('sampling_steps')} steps and sampling seed "
-        f"{config.get('sampling_seed')}, against the test split, in the "
-        "digits-classifier feature space (64-d). Lower is better.",
+        f"{config.get('sampling_seed')}, against the test split, in "
+        f"{_feature_space(config.get('dataset'))}. Lower is better.",
         "",
+    ]
+    lines += summary_lines(records, args)
+    lines += [
         "## FID vs training steps (geometric mean over seeds, [min, max])",
         "",
     ]
@@ -945,6 +1004,16 @@ def write_markdown(records, args, path, extra_tolerances=(0.25, 0.5, 1.0)):
             [data[(arm, s)]["assignment_gain"][-1] for s in seeds if (arm, s) in data]
         )
         lines.append(f"| {arm} | {loss:.4f} | {gain:.4f} |")
+    lines += [
+        "",
+        "Median training time per step (all segments but the first of each "
+        "run, which may include compilation; wall clock on a shared machine, so only a "
+        "rough guide): "
+        + ", ".join(
+            f"{arm} {_median_step_ms(records, arm):.0f} ms" for arm in arms
+        )
+        + ".",
+    ]
     lines += [
         "",
         "The loss is not a quality measure across arms (the assigned noise "
@@ -1058,7 +1127,12 @@ def plot(records, path):
     axes[2].set_ylabel("FID(arm) / FID(vanilla), same seed, log scale")
     axes[2].set_title("Paired FID ratio (below 1: arm better)")
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("FID (digits classifier features), log scale")
+    axes[0].yaxis.set_major_locator(
+        matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0))
+    )
+    axes[0].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0].set_ylabel("FID, log scale")
     axes[0].set_title("FID: geometric mean over seeds, min-max band")
     axes[1].set_yscale("symlog", linthresh=0.1)
     axes[1].set_ylabel("KID, symlog scale (linear below 0.1)")
@@ -1124,7 +1198,8 @@ def main(argv=None):
         with open(args.from_json) as f:
             records = json.load(f)
         report(records, args, paths)
-        print(open(paths["md"]).read())
+        with open(paths["md"]) as f:
+            print(f.read())
         return records
 
     os.environ["KERAS_BACKEND"] = args.backend
@@ -1154,8 +1229,8 @@ def main(argv=None):
         "ema_warmup": not args.no_ema_warmup,
         "network": f"UNet(widths={tuple(data['widths'])}, block_depth={data['block_depth']})",
         "linear_solver": "scipy",
-        "num_train_images": int(len(data["train"])),
-        "num_reference_images": int(len(data["reference"])),
+        "num_train_images": len(data["train"]),
+        "num_reference_images": len(data["reference"]),
         "num_samples": args.num_samples,
         "sampler": "ddim (eta 0)",
         "sampling_steps": args.sampling_steps,
@@ -1192,7 +1267,8 @@ def main(argv=None):
                 json.dump(records, f, indent=1)
     report(records, args, paths)
     log(f"Done in {time.perf_counter() - start:.0f} s: {paths['json']}, {paths['md']}, {paths['png']}")
-    log(open(paths["md"]).read())
+    with open(paths["md"]) as f:
+        log(f.read())
     return records
 
 
