@@ -255,8 +255,8 @@ save_image_grid(
 for epoch, (kid_value, gain) in enumerate(
     zip(history.history["val_kid"], history.history["assignment_gain"])
 ):
-    print(f"epoch {epoch + 1}: val_kid {kid_value:.5f} assignment_gain {gain:.4f}")
-print(f"best val_kid {min(history.history['val_kid']):.5f}")
+    print(f"epoch {epoch + 1}: val_kid {kid_value:.5g} assignment_gain {gain:.4f}")
+print(f"best val_kid {min(history.history['val_kid']):.5g}")
 
 """
 `assignment_gain` is the relative reduction of the mean image-noise distance
