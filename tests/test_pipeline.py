@@ -285,3 +285,32 @@ def test_fit_trains_on_the_given_noise(digits):
     assert min(history.history["assignment_gain"]) > 0.01
     after = [keras.ops.convert_to_numpy(w) for w in net.trainable_weights]
     assert any(not np.allclose(b, c) for b, c in zip(before, after))
+
+
+def test_the_stage_keeps_the_epoch_length(digits):
+    images, _ = digits
+    ds = dataset(images)
+    assigned = with_assigned_noise(ds, "linear", seed=3)
+    assert int(assigned.cardinality()) == int(ds.cardinality()) > 1
+    # Keras sees the epoch's length: a full-epoch fit logs the mean of its
+    # batches' losses (with an unknown length it averaged in one extra,
+    # empty step on TensorFlow).
+    model = ki.ImmiscibleDiffusion(
+        scale_network(), schedule=FixedTime(), assignment=None, seed=0
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    history = model.fit(assigned, epochs=1, verbose=0)
+    a, s = (float(keras.ops.convert_to_numpy(r)) for r in FixedTime()(0.3))
+    reference = with_assigned_noise(ds, "linear", seed=3)
+    candidates = []
+    for _ in range(3):
+        losses, sizes = [], []
+        for batch in epoch(reference):
+            data = batch["images"].astype(np.float64) * 2.0 - 1.0
+            noise = batch["noise"].astype(np.float64)
+            losses.append(np.mean((0.5 * (a * data + s * noise) - noise) ** 2))
+            sizes.append(len(data))
+        # Keras weighs each batch's loss by its size (the last is partial).
+        candidates.append(np.average(losses, weights=sizes))
+    assert np.any(np.isclose(history.history["loss"][0], candidates,
+                             rtol=1e-5)), (history.history, candidates)

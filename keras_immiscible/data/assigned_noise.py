@@ -275,6 +275,15 @@ def with_assigned_noise(
             out["labels"] = element[1]
         return out
 
-    return keyed.map(
+    assigned = keyed.map(
         assign, num_parallel_calls=num_parallel_calls, deterministic=True
-    ).prefetch(prefetch)
+    )
+    # Zipping with the (generator-made) epoch counter hides the input's
+    # length from tf.data; restore it so that `fit` knows the epoch's size
+    # (otherwise Keras logs the first epoch over one step too many).
+    cardinality = int(dataset.cardinality())
+    if cardinality >= 0:
+        assigned = assigned.apply(
+            tf.data.experimental.assert_cardinality(cardinality)
+        )
+    return assigned.prefetch(prefetch)
