@@ -14,10 +14,11 @@ against the held-out test split in the digits-classifier feature space.
     python benchmarks/convergence.py --arms vanilla,knn --k 2 --output-suffix k2
     python benchmarks/convergence.py --from-json docs/benchmarks/convergence.json
 
-Backend: TensorFlow by default. Measured side by side on the shared 2-core
-CPU, its training step was about 4x faster than JAX's (230-330 vs 980-1280
-ms per step at batch 128) and PyTorch had not finished its first 25 steps and
-evaluation after 8 minutes. On TensorFlow the linear arm's step compiles
+Backend: TensorFlow by default. Measured with two runs side by side (same
+load) on the shared 2-core CPU, at batch 128 its training step took 230-330
+ms against JAX's 980-1280 ms, and 210-420 ms against PyTorch's 1170-2130 ms;
+one evaluation (360 samples x 20 DDIM steps) took 9 s against PyTorch's 18 s
+and about the same as JAX's. On TensorFlow the linear arm's step compiles
 without XLA (the scipy solver runs on the host); that changes its speed, not
 its math, and this benchmark counts steps, not seconds. The records name the
 backend.
