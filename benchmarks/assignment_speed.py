@@ -36,6 +36,7 @@ from the previous batch size exceeds `--budget-s`, when the inputs exceed
 `--max-bytes`, or above a `--max-batch METHOD=B` limit.
 
     python benchmarks/assignment_speed.py                  # the full grid
+    python benchmarks/assignment_speed.py --data uniform --append
     python benchmarks/assignment_speed.py --batch-sizes 128,1024 --dims 3072 \
         --backends jax --repeats 3                         # a quick look
 
@@ -89,6 +90,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="docs/benchmarks")
     parser.add_argument("--name", default="assignment_speed")
+    parser.add_argument("--append", action="store_true",
+                        help="add this run's records to an existing JSON "
+                        "(e.g. the other --data) and redo its table and plot")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -373,8 +377,53 @@ def worker(args):
 # ---------------------------------------------------------------- report
 
 
-def write_table(path, header, records):
-    timed = [r for r in records if "median_ms" in r]
+DATA_DESCRIPTIONS = {
+    "digits": "scikit-learn digits in [-1, 1], each pixel repeated D/64 "
+    "times (nearest upsampling; so the images span at most 64 dimensions "
+    "whatever D), vs standard normal noise (float32)",
+    "uniform": "uniform images in [-1, 1] (i.i.d. pixels, full rank) vs "
+    "standard normal noise (float32)",
+}
+
+
+READING = [
+    "## Reading",
+    "",
+    "- The paper recipes run in the JAX worker, interleaved with the JAX "
+    "methods: the `[jax]` speed-ups above are same-process, same-cell "
+    "comparisons; the `[tensorflow]` ones compare with a worker that ran "
+    "later, under whatever load the shared machine had then.",
+    "- Both the paper's recipe and `LinearAssignment(scipy)` end in the same "
+    "scipy solve; what differs is the cost matrix: float16 arithmetic on a "
+    "CPU (numpy has no float16 matrix product, torch's is several times "
+    "slower than float32) against one float32 matmul of the cheap "
+    "`-2 x.n^T` form. So the speed-up is large where the cost dominates "
+    "(large D, i.i.d. data) and small where the solve dominates: the "
+    "upsampled digits span only 64 dimensions, their B x B costs have rank "
+    "<= 64 and many near-ties, and scipy then spends most of the time "
+    "(e.g. ~0.9 s of our ~0.9 s at B=1024, D=3072).",
+    "- The auction reaches the exact optimum's distance reduction (worst "
+    "cell above) but is far slower than scipy on this CPU: each of its "
+    "hundreds to thousands of bidding rounds (epsilon scaling, bounded by "
+    "max(2000, 40 B)) is a full pass over the B x B matrix (max, second "
+    "max, segment max, scatter), run as a sequential `while_loop` on two "
+    "cores, so its time grows about as B^3, while scipy's "
+    "shortest-augmenting-path solver does much less work on dense random "
+    "costs. On a GPU each round becomes a few small kernels: the H200 run "
+    "in docs/performance.md measured 86 ms against scipy's 54 ms at "
+    "B=1024. Beating scipy there would take fewer rounds (Gauss-Seidel or "
+    "forward-reverse bidding, a tuned epsilon schedule) or several problems "
+    "per launch; its point is that it compiles into an XLA step and never "
+    "leaves the device, where scipy needs a host round trip (or, with "
+    "`keras_immiscible.data.with_assigned_noise`, the input pipeline).",
+    "- KNN is the cheapest by far and its distance change is of the same "
+    "size (k=8 exceeds the exact linear assignment's at these sizes); it "
+    "is a different estimator, whose noise is no longer exactly Gaussian.",
+    "",
+]
+
+
+def write_table(path, headers, records):
     keys = []
     for r in records:
         if "method" in r and "batch_size" in r:
@@ -383,78 +432,99 @@ def write_table(path, header, records):
                 keys.append(key)
     order = list(METHODS)
     keys.sort(key=lambda c: (order.index(c[0]), c[1]))
-    by_cell = {(r["method"], r["backend"], r["dims"], r["batch_size"]): r
-               for r in records if "batch_size" in r and "method" in r}
+    by_cell = {
+        (r.get("data", "digits"), r["method"], r["backend"], r["dims"],
+         r["batch_size"]): r
+        for r in records if "batch_size" in r and "method" in r
+    }
 
     lines = [
         "# Assignment speed",
         "",
-        f"Command: `{header['command']}`  ",
-        f"Machine: {header['machine']}  ",
-        f"Date: {header['date']}  ",
-        f"Data: {header['data_description']}",
-        "",
         "Median milliseconds per assignment (data and noise in, assigned "
-        "noise out; after a warm-up call, which also compiles). `skip`: not "
-        "run, for the reason listed at the end (time budget or memory).",
+        "noise out; after a warm-up call, which also compiles), measured by "
+        "`benchmarks/assignment_speed.py`. Methods of one (data, B, D) cell "
+        "are timed in turns. `skip`: not run, for the reason listed at the "
+        "end (time budget or memory). The distance change is the paper's "
+        "statistic (relative change of the mean image-noise L2 distance); "
+        "the gap is `(total - optimum) / (identity - optimum)` on the exact "
+        "squared-L2 cost (0: optimal; the paper's recipe optimises the L2 "
+        "distance in float16, a different objective).",
+        "",
+        "Runs:",
         "",
     ]
-    dims_list = sorted({r["dims"] for r in records if "dims" in r})
-    for dims in dims_list:
-        batches = sorted({r["batch_size"] for r in records
-                          if r.get("dims") == dims and "batch_size" in r})
-        head = "| method [backend] | " + " | ".join(
-            f"B={b}" for b in batches) + " |"
-        rule = "|---" * (len(batches) + 1) + "|"
-        lines += [f"## D = {dims}", "", head, rule]
-        for method, backend in keys:
-            row = [f"{METHODS[method][0]} [{backend}]"]
+    for h in headers:
+        lines.append(
+            f"- `{h['command']}`: {h['machine']}; {h['date']}; data: "
+            f"{h['data_description']}"
+        )
+    lines.append("")
+    data_kinds = []
+    for r in records:
+        if "dims" in r and r.get("data", "digits") not in data_kinds:
+            data_kinds.append(r.get("data", "digits"))
+    for data in data_kinds:
+        rows = [r for r in records if r.get("data", "digits") == data]
+        timed = [r for r in rows if "median_ms" in r]
+        dims_list = sorted({r["dims"] for r in rows if "dims" in r})
+        for dims in dims_list:
+            batches = sorted({r["batch_size"] for r in rows
+                              if r.get("dims") == dims and "batch_size" in r})
+            head = "| method [backend] | " + " | ".join(
+                f"B={b}" for b in batches) + " |"
+            rule = "|---" * (len(batches) + 1) + "|"
+            lines += [f"## {data}, D = {dims}: milliseconds", "", head, rule]
+            for method, backend in keys:
+                row = [f"{METHODS[method][0]} [{backend}]"]
+                for b in batches:
+                    r = by_cell.get((data, method, backend, dims, b))
+                    if r is None:
+                        row.append("-")
+                    elif "median_ms" in r:
+                        row.append(_common.fmt_ms(r["median_ms"]))
+                    else:
+                        row.append("skip" if "skipped" in r else "error")
+                lines.append("| " + " | ".join(row) + " |")
+            lines += [
+                "",
+                f"## {data}, D = {dims}: distance change, gap to the optimum",
+                "",
+                head,
+                rule,
+            ]
+            exact = ["exact optimum (scipy, float64 cost)"]
             for b in batches:
-                r = by_cell.get((method, backend, dims, b))
-                if r is None:
-                    row.append("-")
-                elif "median_ms" in r:
-                    row.append(_common.fmt_ms(r["median_ms"]))
-                else:
-                    row.append("skip" if "skipped" in r else "error")
-            lines.append("| " + " | ".join(row) + " |")
-        lines += [
-            "",
-            "Distance change (the paper's statistic), and for the linear "
-            "methods the gap to the optimum of the exact squared-L2 problem:",
-            "",
-            head,
-            rule,
-        ]
-        exact = ["exact optimum (scipy, float64 cost)"]
-        for b in batches:
-            found = [r for r in timed if r["dims"] == dims
-                     and r["batch_size"] == b]
-            exact.append(
-                f"{100 * found[0]['exact_distance_change']:.2f}%"
-                if found else "-"
-            )
-        lines.append("| " + " | ".join(exact) + " |")
-        for method, backend in keys:
-            row = [f"{METHODS[method][0]} [{backend}]"]
-            for b in batches:
-                r = by_cell.get((method, backend, dims, b))
-                if r is None or "median_ms" not in r:
-                    row.append("-")
-                    continue
-                text = f"{100 * r['distance_change']:.2f}%"
-                if "gap" in r:
-                    text += f", gap {r['gap']:.0e}" if r["gap"] else ", gap 0"
-                row.append(text)
-            lines.append("| " + " | ".join(row) + " |")
+                found = [r for r in timed if r["dims"] == dims
+                         and r["batch_size"] == b]
+                exact.append(
+                    f"{100 * found[0]['exact_distance_change']:.2f}%"
+                    if found else "-"
+                )
+            lines.append("| " + " | ".join(exact) + " |")
+            for method, backend in keys:
+                row = [f"{METHODS[method][0]} [{backend}]"]
+                for b in batches:
+                    r = by_cell.get((data, method, backend, dims, b))
+                    if r is None or "median_ms" not in r:
+                        row.append("-")
+                        continue
+                    text = f"{100 * r['distance_change']:.2f}%"
+                    if "gap" in r:
+                        text += (f", gap {r['gap']:.0e}" if r["gap"]
+                                 else ", gap 0")
+                    row.append(text)
+                lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
+        lines += headline_lines(rows, title=data)
         lines.append("")
-    lines += headline_lines(records)
+    lines += READING
     notes = [r for r in records if "skipped" in r or "error" in r]
     if notes:
-        lines += ["", "## Skipped cells", ""]
+        lines += ["## Skipped cells", ""]
         for r in notes:
-            where = (f"B={r['batch_size']}, D={r['dims']}"
-                     if "batch_size" in r else "all")
+            where = (f"{r.get('data', 'digits')}, B={r['batch_size']}, "
+                     f"D={r['dims']}" if "batch_size" in r else "all")
             lines.append(
                 f"- {r.get('method', '?')} [{r.get('backend', '?')}], {where}: "
                 f"{r.get('skipped') or r.get('error')}"
@@ -498,14 +568,20 @@ def headline(records, batch=1024, dims=3072):
     return out
 
 
-def headline_lines(records):
+def headline_lines(records, title=None):
     h = headline(records)
-    lines = ["## Against the issue's targets (B=1024, D=3072)", ""]
+    lines = [
+        f"## {title + ': a' if title else 'A'}gainst the issue's targets "
+        "(B=1024, D=3072)",
+        "",
+    ]
     for key in sorted(h):
         if "speedup" in key:
             lines.append(f"- {key}: {h[key]:.1f}x (target >= 3x)")
         elif key.startswith("auction_vs"):
             lines.append(f"- {key}: {h[key]:.1f}x (auction time / scipy time)")
+    if len(lines) == 2:
+        lines.append("- B=1024, D=3072 was not measured in this run.")
     if "auction_worst_reduction_vs_exact" in h:
         lines.append(
             "- auction, worst distance reduction over all cells: "
@@ -524,37 +600,44 @@ def plot(path, records):
 
     timed = [r for r in records if "median_ms" in r]
     dims_list = sorted({r["dims"] for r in timed})
+    data_kinds = sorted({r.get("data", "digits") for r in timed})
     if not dims_list:
         return
     fig, axes = plt.subplots(
-        1, len(dims_list), figsize=(5.5 * len(dims_list), 4.5), squeeze=False
+        len(data_kinds), len(dims_list),
+        figsize=(5.5 * len(dims_list), 4.5 * len(data_kinds)),
+        squeeze=False,
     )
     styles = {"jax": "-", "tensorflow": "--", "numpy": ":", "torch": "-."}
-    for ax, dims in zip(axes[0], dims_list):
-        series = {}
-        for r in timed:
-            if r["dims"] == dims:
-                series.setdefault((r["method"], r["backend"]), []).append(
-                    (r["batch_size"], r["median_ms"])
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()[
+        "color"]))
+    for row, data in zip(axes, data_kinds):
+        for ax, dims in zip(row, dims_list):
+            series = {}
+            for r in timed:
+                if r["dims"] == dims and r.get("data", "digits") == data:
+                    series.setdefault((r["method"], r["backend"]), []).append(
+                        (r["batch_size"], r["median_ms"])
+                    )
+            for (method, backend), points in sorted(
+                series.items(), key=lambda kv: list(METHODS).index(kv[0][0])
+            ):
+                points.sort()
+                ax.plot(
+                    [p[0] for p in points], [p[1] for p in points],
+                    styles.get(backend, "-"), marker="o", markersize=3,
+                    color=colors.get(method),
+                    label=f"{METHODS[method][0]} [{backend}]",
                 )
-        for (method, backend), points in sorted(
-            series.items(), key=lambda kv: list(METHODS).index(kv[0][0])
-        ):
-            points.sort()
-            ax.plot(
-                [p[0] for p in points], [p[1] for p in points],
-                styles.get(backend, "-"), marker="o", markersize=3,
-                label=f"{METHODS[method][0]} [{backend}]",
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size B")
-        ax.set_ylabel("median ms per assignment")
-        ax.set_title(f"D = {dims}")
-        ax.grid(True, which="both", alpha=0.3)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size B")
+            ax.set_ylabel("median ms per assignment")
+            ax.set_title(f"{data}, D = {dims}")
+            ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main(argv=None):
@@ -562,28 +645,33 @@ def main(argv=None):
     if args.worker:
         worker(args)
         return
-    data_description = (
-        "scikit-learn digits in [-1, 1], each pixel repeated D/64 times "
-        "(nearest upsampling), vs standard normal noise (float32)"
-        if args.data == "digits"
-        else "uniform images in [-1, 1] vs standard normal noise (float32)"
-    )
+    out = os.path.join(args.output_dir, args.name)
+    records = _common.read_json(out + ".json") if args.append else []
     head = _common.header(
-        "assignment_speed", data_description=data_description,
+        "assignment_speed", data=args.data,
+        data_description=DATA_DESCRIPTIONS[args.data],
         versions=_common.versions(),
     )
-    records = [head]
-    worker_args = [a for a in (argv if argv is not None else sys.argv[1:])]
+    records.append(head)
+    worker_args = list(argv if argv is not None else sys.argv[1:])
+    worker_args = [a for a in worker_args if a != "--append"]
     for backend in args.backends:
         records += _common.run_worker(
             os.path.abspath(__file__), backend, worker_args + ["--worker"]
         )
-    out = os.path.join(args.output_dir, args.name)
-    _common.write_json(out + ".json", records)
-    write_table(out + ".md", head, records[1:])
-    plot(out + ".png", records[1:])
-    print("\n".join(headline_lines(records[1:])))
+        _common.write_json(out + ".json", records)
+    report(out, records)
+    print("\n".join(headline_lines(
+        [r for r in records if r.get("data") == args.data])))
     print(f"wrote {out}.json, {out}.md, {out}.png")
+
+
+def report(out, records):
+    """(Re)writes the table and the plot from the records of the JSON."""
+    headers = [r for r in records if r.get("header")]
+    rows = [r for r in records if not r.get("header")]
+    write_table(out + ".md", headers, rows)
+    plot(out + ".png", rows)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", default="64,128,256")
     parser.add_argument("--backends", default="jax,tensorflow")
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="timed fit calls per arm")
     parser.add_argument("--steps", type=int, default=3,
                         help="steps per fit call (the first is not timed)")
@@ -172,6 +172,14 @@ def worker(args):
                 "image_shape": list(shape),
                 "median_ms": median,
                 "ratio": median / vanilla,
+                # Two estimates less sensitive to the shared machine's load:
+                # the fastest rounds (least disturbed), and the median of
+                # the ratios within each round (arms run back to back).
+                "min_ms": min(times[arm]),
+                "ratio_min": min(times[arm]) / min(times["vanilla"]),
+                "ratio_paired": _common.median(
+                    [t / v for t, v in zip(times[arm], times["vanilla"])]
+                ),
                 "round_ms": times[arm],
                 "timed_steps": args.rounds * (args.steps - 1),
                 "jit_compile": bool(models[arm].jit_compile),
@@ -186,8 +194,14 @@ def write_table(path, records):
         "",
         "Steady-state median milliseconds per training step (32x32x3 images,"
         " default `UNet`), and the ratio to vanilla measured in the same run"
-        " (same backend, same batches; arms interleaved). `spread`: the"
-        " fastest and slowest round of the arm.",
+        " (same backend, same batches; arms interleaved, their order"
+        " rotating every round). `spread`: the fastest and slowest round of"
+        " the arm. The machine is shared (its load moved the same step by"
+        " 3x during these runs), so besides the ratio of medians the table"
+        " gives the ratio of the fastest rounds (the least disturbed) and"
+        " the median over rounds of the ratio within a round. `XLA`: whether"
+        " Keras compiled the step with XLA (Keras' `jit_compile='auto'`"
+        " turns XLA off for TensorFlow on a CPU-only machine).",
         "",
         "Runs:",
         "",
@@ -195,17 +209,22 @@ def write_table(path, records):
     for h in headers:
         lines.append(f"- `{h['command']}`: {h['machine']}, {h['date']}")
     lines.append("")
-    lines.append("| backend | B | arm | XLA | ms / step | spread | ratio |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append(
+        "| backend | B | arm | XLA | ms / step (median) | spread | ratio "
+        "(medians) | ratio (fastest rounds) | ratio (paired, median) |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in sorted(timed, key=lambda r: (r["backend"], r["batch_size"],
                                           ARMS.index(r["method"]))):
         spread = (f"{_common.fmt_ms(min(r['round_ms']))}-"
                   f"{_common.fmt_ms(max(r['round_ms']))}")
+        extra = [r.get("ratio_min"), r.get("ratio_paired")]
+        extra = " | ".join("-" if v is None else f"{v:.3f}" for v in extra)
         lines.append(
             f"| {r['backend']} | {r['batch_size']} | {LABELS[r['method']]} | "
             f"{'yes' if r['jit_compile'] else 'no'} | "
             f"{_common.fmt_ms(r['median_ms'])} | {spread} | "
-            f"{r['ratio']:.3f} |"
+            f"{r['ratio']:.3f} | {extra} |"
         )
     errors = [r for r in records if "error" in r]
     for r in errors:
