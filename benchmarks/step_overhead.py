@@ -114,6 +114,7 @@ def worker(args):
                 # asynchronously), so the clock starts after step 1.
                 float((logs or {}).get("loss", 0.0))
                 self.first = time.perf_counter()
+                self.cpu_first = time.process_time()
 
     for batch in args.batch_sizes:
         images = make_images(batch * args.steps, args.image_size, args.seed)
@@ -148,6 +149,7 @@ def worker(args):
             models[arm] = model
 
         times = {arm: [] for arm in args.arms}
+        cpu = {arm: [] for arm in args.arms}
         for r in range(args.rounds):
             shift = r % len(args.arms)
             for arm in args.arms[shift:] + args.arms[:shift]:
@@ -157,7 +159,9 @@ def worker(args):
                     verbose=0, callbacks=[clock],
                 )
                 elapsed = time.perf_counter() - clock.first
+                cpu_used = time.process_time() - clock.cpu_first
                 times[arm].append(1000.0 * elapsed / (args.steps - 1))
+                cpu[arm].append(1000.0 * cpu_used / (args.steps - 1))
             print(f"B={batch} round {r + 1}: " + ", ".join(
                 f"{arm} {times[arm][-1]:.0f} ms" for arm in args.arms),
                 flush=True)
@@ -181,6 +185,13 @@ def worker(args):
                     [t / v for t, v in zip(times[arm], times["vanilla"])]
                 ),
                 "round_ms": times[arm],
+                # CPU time of the whole process (all threads, the input
+                # pipeline's included) per step: the work an arm adds, far
+                # less sensitive to other processes than the wall clock.
+                "cpu_ms": _common.median(cpu[arm]),
+                "cpu_ratio": _common.median(cpu[arm])
+                / _common.median(cpu["vanilla"]),
+                "cpu_round_ms": cpu[arm],
                 "timed_steps": args.rounds * (args.steps - 1),
                 "jit_compile": bool(models[arm].jit_compile),
             })
@@ -199,7 +210,10 @@ def write_table(path, records):
         " the arm. The machine is shared (its load moved the same step by"
         " 3x during these runs), so besides the ratio of medians the table"
         " gives the ratio of the fastest rounds (the least disturbed) and"
-        " the median over rounds of the ratio within a round. `XLA`: whether"
+        " the median over rounds of the ratio within a round; `CPU ms`: the"
+        " process's CPU time per step (all threads, the input pipeline's"
+        " included), i.e. the work an arm adds whether or not it overlaps"
+        " the step. `XLA`: whether"
         " Keras compiled the step with XLA (Keras' `jit_compile='auto'`"
         " turns XLA off for TensorFlow on a CPU-only machine).",
         "",
@@ -211,15 +225,20 @@ def write_table(path, records):
     lines.append("")
     lines.append(
         "| backend | B | arm | XLA | ms / step (median) | spread | ratio "
-        "(medians) | ratio (fastest rounds) | ratio (paired, median) |"
+        "(medians) | ratio (fastest rounds) | ratio (paired, median) | "
+        "CPU ms / step | CPU-time ratio |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(timed, key=lambda r: (r["backend"], r["batch_size"],
                                           ARMS.index(r["method"]))):
         spread = (f"{_common.fmt_ms(min(r['round_ms']))}-"
                   f"{_common.fmt_ms(max(r['round_ms']))}")
         extra = [r.get("ratio_min"), r.get("ratio_paired")]
         extra = " | ".join("-" if v is None else f"{v:.3f}" for v in extra)
+        extra += " | " + (_common.fmt_ms(r["cpu_ms"]) if "cpu_ms" in r
+                          else "-")
+        extra += " | " + (f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r
+                          else "-")
         lines.append(
             f"| {r['backend']} | {r['batch_size']} | {LABELS[r['method']]} | "
             f"{'yes' if r['jit_compile'] else 'no'} | "
