@@ -1,7 +1,8 @@
 """Training-step overhead of noise assignment: vanilla vs each assigner.
 
 Same network (`keras_immiscible.layers.UNet(image_shape=(32, 32, 3))`, its
-default widths), same initial weights, same batches, same backend, same run.
+default widths unless `--widths`/`--block-depth` say otherwise), same initial
+weights, same batches, same backend, same run.
 Arms:
 - `vanilla`: plain noise (`assignment=None`);
 - `knn`: `KNNSelection(k=8)` in the step;
@@ -24,6 +25,9 @@ subprocess. Data: scikit-learn digits upsampled to 32x32x3 in [0, 1].
     python benchmarks/step_overhead.py                      # B = 64,128,256
     python benchmarks/step_overhead.py --batch-sizes 128 --backends jax \
         --rounds 3 --steps 3 --append                       # add to the file
+    python benchmarks/step_overhead.py --batch-sizes 256,512 --steps 6 \
+        --widths 16,32 --block-depth 1 --name step_overhead_small_unet
+        # a step small enough for the scipy solve to show (and to hide)
 
 Writes `docs/benchmarks/step_overhead.{json,md}`.
 """
@@ -57,6 +61,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3,
                         help="steps per fit call (the first is not timed)")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--widths", default=None,
+                        help="UNet widths, e.g. 16,32 (default: UNet's)")
+    parser.add_argument("--block-depth", type=int, default=None,
+                        help="UNet block depth (default: UNet's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="docs/benchmarks")
     parser.add_argument("--name", default="step_overhead")
@@ -67,6 +75,8 @@ def parse_args(argv=None):
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.backends = [b for b in args.backends.split(",") if b]
     args.arms = [a for a in args.arms.split(",") if a]
+    if args.widths is not None:
+        args.widths = tuple(int(w) for w in args.widths.split(","))
     for arm in args.arms:
         if arm not in ARMS:
             parser.error(f"unknown arm {arm!r}; known: {list(ARMS)}")
@@ -91,6 +101,24 @@ def make_images(num, size, seed):
     return np.repeat(images[:, :size, :size], 3, axis=3).astype("float32")
 
 
+def network_kwargs(args):
+    """The UNet arguments that differ from its defaults."""
+    kwargs = {}
+    if args.widths is not None:
+        kwargs["widths"] = args.widths
+    if args.block_depth is not None:
+        kwargs["block_depth"] = args.block_depth
+    return kwargs
+
+
+def describe_network(record):
+    kwargs = record.get("network") or {}
+    if not kwargs:
+        return "default"
+    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}"
+                     for k, v in sorted(kwargs.items()))
+
+
 def worker(args):
     import warnings
 
@@ -101,9 +129,8 @@ def worker(args):
 
     backend = keras.backend.backend()
     tf.get_logger().setLevel("ERROR")
-    # Expected and said once here: fit ignores `shuffle` for tf.data, and on
-    # TensorFlow the in-step scipy arm compiles without XLA.
-    warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+    # Expected and said once here: on TensorFlow the in-step scipy arm
+    # compiles without XLA.
     warnings.filterwarnings("ignore", message=".*solves the assignment on the host.*")
     shape = (args.image_size, args.image_size, 3)
 
@@ -124,7 +151,7 @@ def worker(args):
         models, data = {}, {}
         for arm in args.arms:
             keras.utils.set_random_seed(args.seed)
-            net = ki.layers.UNet(image_shape=shape)
+            net = ki.layers.UNet(image_shape=shape, **network_kwargs(args))
             assignment = {
                 "vanilla": None,
                 "knn": ki.assignment.KNNSelection(k=8),
@@ -174,6 +201,8 @@ def worker(args):
                 "backend": backend,
                 "batch_size": batch,
                 "image_shape": list(shape),
+                "network": {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in network_kwargs(args).items()},
                 "median_ms": median,
                 "ratio": median / vanilla,
                 # Two estimates less sensitive to the shared machine's load:
@@ -198,17 +227,23 @@ def worker(args):
 
 
 def write_table(path, records):
-    headers = [r for r in records if r.get("header")]
-    timed = [r for r in records if "median_ms" in r]
+    headers, timed, run = [], [], 0
+    for r in records:
+        if r.get("header"):
+            headers.append(r)
+            run = len(headers)
+        elif "median_ms" in r:
+            timed.append(dict(r, run=run))
     lines = [
         "# Training-step overhead of noise assignment",
         "",
         "Steady-state median milliseconds per training step (32x32x3 images,"
-        " default `UNet`), and the ratio to vanilla measured in the same run"
+        " `UNet` with its default widths unless the `UNet` column says"
+        " otherwise), and the ratio to vanilla measured in the same run"
         " (same backend, same batches; arms interleaved, their order"
         " rotating every round). `spread`: the fastest and slowest round of"
-        " the arm. The machine is shared (its load moved the same step by"
-        " 3x during these runs), so besides the ratio of medians the table"
+        " the arm. The machine is shared (other processes' load can slow any"
+        " round), so besides the ratio of medians the table"
         " gives the ratio of the fastest rounds (the least disturbed) and"
         " the median over rounds of the ratio within a round; `CPU ms`: the"
         " process's CPU time per step (all threads, the input pipeline's"
@@ -220,16 +255,21 @@ def write_table(path, records):
         "Runs:",
         "",
     ]
-    for h in headers:
-        lines.append(f"- `{h['command']}`: {h['machine']}, {h['date']}")
+    for run, h in enumerate(headers, 1):
+        lines.append(
+            f"{run}. `{h['command']}`: {h['machine']}, {h['date']}"
+        )
     lines.append("")
     lines.append(
-        "| backend | B | arm | XLA | ms / step (median) | spread | ratio "
+        "| run | backend | UNet | B | arm | XLA | ms / step (median) | spread | ratio "
         "(medians) | ratio (fastest rounds) | ratio (paired, median) | "
         "CPU ms / step | CPU-time ratio |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(timed, key=lambda r: (r["backend"], r["batch_size"],
+    lines.append("|---" * 13 + "|")
+    for r in sorted(timed, key=lambda r: (r["backend"],
+                                          describe_network(r),
+                                          r["batch_size"],
+                                          r["run"],
                                           ARMS.index(r["method"]))):
         spread = (f"{_common.fmt_ms(min(r['round_ms']))}-"
                   f"{_common.fmt_ms(max(r['round_ms']))}")
@@ -240,7 +280,9 @@ def write_table(path, records):
         extra += " | " + (f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r
                           else "-")
         lines.append(
-            f"| {r['backend']} | {r['batch_size']} | {LABELS[r['method']]} | "
+            f"| {r['run']} | {r['backend']} | {describe_network(r)} | "
+            f"{r['batch_size']} | "
+            f"{LABELS[r['method']]} | "
             f"{'yes' if r['jit_compile'] else 'no'} | "
             f"{_common.fmt_ms(r['median_ms'])} | {spread} | "
             f"{r['ratio']:.3f} | {extra} |"
