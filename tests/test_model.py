@@ -170,6 +170,50 @@ def test_dict_batches_bring_their_own_noise(digits):
         model.compute_loss(x={"pixels": images})
 
 
+FAMILIES = {
+    "diffusion": ki.ImmiscibleDiffusion,
+    "flow_matching": ki.ImmiscibleFlowMatching,
+    "consistency": ki.ImmiscibleConsistency,
+}
+
+
+@pytest.mark.parametrize(
+    "family, policy",
+    [
+        ("diffusion", "mixed_float16"),
+        ("diffusion", "mixed_bfloat16"),
+        ("flow_matching", "mixed_bfloat16"),
+        ("consistency", "mixed_bfloat16"),
+    ],
+)
+def test_mixed_precision(digits, family, policy):
+    images = digits[:32]
+    previous = keras.config.dtype_policy()
+    losses = {}
+    try:
+        for name in ("float32", policy):
+            keras.config.set_dtype_policy(name)
+            keras.utils.set_random_seed(5)
+            model = FAMILIES[family](tiny_unet(), assignment="linear", seed=5)
+            model.compile(optimizer=keras.optimizers.AdamW(3e-3))
+            losses[name] = float(keras.ops.convert_to_numpy(
+                model.compute_loss(x=images, training=False)
+            ))
+        assert model.network.compute_dtype == policy.split("_")[1]
+        history = model.fit(images, batch_size=16, epochs=1, verbose=0)
+        samples = model.generate(4, steps=3, seed=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    # Same weights, same assigned noise: the loss differs only by the
+    # network's rounding in half precision.
+    np.testing.assert_allclose(losses[policy], losses["float32"], rtol=0.03)
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["assignment_gain"][0] > 0.01
+    assert samples.dtype == np.float32
+    assert np.isfinite(samples).all()
+    assert 0.0 <= samples.min() and samples.max() <= 1.0
+
+
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])
 def test_training_lowers_the_loss_and_logs_the_gain(digits, assignment):
     model = make_model(assignment)
@@ -269,14 +313,39 @@ def test_fit_with_tf_data_partial_batches_and_batch_size_one(digits):
     tf = pytest.importorskip("tensorflow")
     model = make_model("linear")
     dataset = tf.data.Dataset.from_tensor_slices(digits[:70]).batch(32)
-    history = model.fit(dataset, epochs=1, verbose=0)  # 32, 32, 6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(dataset, epochs=1, verbose=0)  # 32, 32, 6
     assert np.isfinite(history.history["loss"][0])
+    # The dataset shuffles itself: no "shuffle=True ... ignored" warning,
+    # unless the caller asks for `shuffle=True` (Keras then warns).
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    with pytest.warns(UserWarning, match="shuffle"):
+        model.fit(dataset.take(1), shuffle=True, verbose=0)
     history = model.fit(digits[:3], batch_size=1, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     # A batch of one: linear assignment is the identity, the gain is zero.
     assert history.history["assignment_gain"][0] == pytest.approx(0.0, abs=1e-6)
     result = model.evaluate(dataset, verbose=0, return_dict=True)
     assert np.isfinite(result["loss"])
+
+
+def test_fit_with_a_torch_dataloader(digits):
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(digits[:64])),
+        batch_size=32,
+        shuffle=True,
+    )
+    model = make_model("linear")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(loader, epochs=1, verbose=0)
+    # The loader shuffles itself: Keras' "shuffle=True ... ignored" warning
+    # is not shown.
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["assignment_gain"][0] > 0.01
 
 
 def test_class_conditional_network(digits):
