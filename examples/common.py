@@ -724,7 +724,6 @@ def run(args, build_model, channels, describe=""):
             epochs=epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,
-            shuffle=False,  # the data is shuffled by its pipeline
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )

@@ -155,6 +155,15 @@ class ImmiscibleModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         x = input_checks.check_dataset(self, x, "x")
+        # A tf.data pipeline or torch DataLoader does its own shuffling;
+        # Keras' default `shuffle=True` would only warn that it is ignored.
+        # (`shuffle` is `fit`'s ninth positional parameter.)
+        if (
+            input_checks.shuffles_itself(x)
+            and len(args) < 7
+            and "shuffle" not in kwargs
+        ):
+            kwargs["shuffle"] = False
         try:
             return super().fit(x, y, *args, **kwargs)
         finally:

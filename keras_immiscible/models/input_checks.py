@@ -164,12 +164,22 @@ def check_dataset(model, x, name="x"):
         _check_shape(array.shape, model.image_shape, name)
         _check_values(array, name)
         return x
-    if _is_tf_dataset(x):
+    if is_tf_dataset(x):
         return _checked_tf_dataset(model, x, name)
     return x
 
 
-def _is_tf_dataset(x):
+def shuffles_itself(x):
+    """Whether `fit` ignores `shuffle` for `x` (Keras then warns)."""
+    if is_tf_dataset(x):
+        return True
+    module = type(x).__module__ or ""
+    return module.startswith("torch.utils.data") and (
+        type(x).__name__ == "DataLoader"
+    )
+
+
+def is_tf_dataset(x):
     try:
         import tensorflow as tf
     except ImportError:
