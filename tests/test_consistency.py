@@ -9,7 +9,7 @@ import pytest
 
 import keras_immiscible as ki
 from keras_immiscible.assignment import NoiseAssigner
-from keras_immiscible.models.immiscible_consistency import ConsistencySampler
+from keras_immiscible.samplers import ConsistencySampler
 from keras_immiscible.schedules import consistency as cm
 
 SHAPE = (8, 8, 1)
@@ -465,6 +465,16 @@ def test_sampler_levels():
         custom.sigma_sequence(2, S_MIN, S_MAX)
     with pytest.raises(ValueError, match="decreasing"):
         ConsistencySampler(sigmas=(1.0, 10.0))
+    with pytest.raises(ValueError, match="> 0"):
+        ConsistencySampler(sigmas=(1.0, -1.0))
+    with pytest.raises(TypeError, match="numbers"):
+        ConsistencySampler(sigmas=(1.0, "0.5"))
+    with pytest.raises(TypeError, match="sequence"):
+        ConsistencySampler(sigmas=80.0)
+    # Serializes through `ki.samplers` like the other samplers.
+    restored = ki.samplers.get(ki.samplers.serialize(custom))
+    assert isinstance(restored, ConsistencySampler)
+    assert restored.sigmas == [80.0, 10.0, 1.0]
     with pytest.raises(ValueError, match="sigma_max"):
         ConsistencySampler(sigmas=(100.0, 1.0)).sigma_sequence(
             2, S_MIN, S_MAX

@@ -4,10 +4,16 @@ Every sampler has `sample(fn, initial_noise, schedule, steps, seed=None)` and
 a class attribute `kind` that says what `fn(x_t, t)` must return:
 `"denoise"` (`DDIM`, `DDPM`): the pair `(pred_noise, pred_data)`;
 `"velocity"` (`Euler`, `Heun`): the velocity `d x_t / d t`.
+
+`ConsistencySampler` (`kind = "consistency"`) belongs to
+`ImmiscibleConsistency` alone: its `sample(consistency_fn, initial_noise,
+steps, seed=None, ...)` evaluates the consistency function at a few noise
+levels instead of integrating a schedule.
 """
 
 import keras
 
+from keras_immiscible.samplers.consistency import ConsistencySampler
 from keras_immiscible.samplers.ddim import DDIM
 from keras_immiscible.samplers.ddpm import DDPM
 from keras_immiscible.samplers.flow import Euler
@@ -20,7 +26,16 @@ _ALIASES = {
     "heun": Heun,
 }
 
-__all__ = ["DDIM", "DDPM", "Euler", "Heun", "get", "serialize", "deserialize"]
+__all__ = [
+    "ConsistencySampler",
+    "DDIM",
+    "DDPM",
+    "Euler",
+    "Heun",
+    "get",
+    "serialize",
+    "deserialize",
+]
 
 
 def serialize(sampler):
@@ -48,6 +63,7 @@ def deserialize(config, custom_objects=None):
         A sampler instance.
     """
     module_objects = {cls.__name__: cls for cls in _ALIASES.values()}
+    module_objects["ConsistencySampler"] = ConsistencySampler
     sampler = keras.saving.deserialize_keras_object(
         config, module_objects=module_objects, custom_objects=custom_objects
     )
