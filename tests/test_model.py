@@ -346,6 +346,12 @@ def test_fit_with_a_torch_dataloader(digits):
     assert not [w for w in caught if "shuffle" in str(w.message)]
     assert np.isfinite(history.history["loss"][0])
     assert history.history["assignment_gain"][0] > 0.01
+    # Likewise for a Python generator.
+    batches = ((digits[i:i + 32],) for i in (0, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(batches, steps_per_epoch=2, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
 
 
 def test_class_conditional_network(digits):

@@ -155,7 +155,7 @@ class ImmiscibleModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         x = input_checks.check_dataset(self, x, "x")
-        # A tf.data pipeline or torch DataLoader does its own shuffling;
+        # A tf.data pipeline, generator or torch DataLoader shuffles itself;
         # Keras' default `shuffle=True` would only warn that it is ignored.
         # (`shuffle` is `fit`'s ninth positional parameter.)
         if (

@@ -6,6 +6,7 @@ reach the compiled step: up front for numpy arrays, and by a host-side stage
 appended to `tf.data` pipelines, which raises as soon as a bad batch is read.
 """
 
+import types
 import warnings
 
 import keras
@@ -171,7 +172,7 @@ def check_dataset(model, x, name="x"):
 
 def shuffles_itself(x):
     """Whether `fit` ignores `shuffle` for `x` (Keras then warns)."""
-    if is_tf_dataset(x):
+    if isinstance(x, types.GeneratorType) or is_tf_dataset(x):
         return True
     module = type(x).__module__ or ""
     return module.startswith("torch.utils.data") and (
