@@ -10,6 +10,7 @@ from keras_immiscible.models.immiscible_model import ImmiscibleModel
 from keras_immiscible.samplers.consistency import ConsistencySampler
 from keras_immiscible.schedules import consistency as cm
 
+
 def _check_number(name, value, minimum=None, exclusive=True):
     if isinstance(value, bool) or not isinstance(
         value, (int, float, np.integer, np.floating)

@@ -143,8 +143,6 @@ class ImmiscibleDiffusion(ImmiscibleModel):
             output = network(
                 self._network_inputs(noisy, self.schedule.conditioning(t), labels)
             )
-            # A mixed-precision network answers in float16/bfloat16.
-            output = ops.cast(output, "float32")
             signal_rate, noise_rate = self._rates(t)
             return self.split_prediction(output, noisy, signal_rate, noise_rate)
 

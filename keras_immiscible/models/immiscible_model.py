@@ -328,11 +328,16 @@ class ImmiscibleModel(keras.Model):
         return labels
 
     def _inference_network(self):
-        """The network as a fast inference function (built once)."""
+        """The network as a fast inference function (built once).
+
+        Its output is float32, which the samplers work in, also when a
+        mixed-precision network answers in float16 or bfloat16.
+        """
         from keras_immiscible.backend import inference_function
 
         if getattr(self, "_inference_fn", None) is None:
-            self._inference_fn = inference_function(self.network)
+            run = inference_function(self.network)
+            self._inference_fn = lambda inputs: ops.cast(run(inputs), "float32")
         return self._inference_fn
 
     # --------------------------------------------------------- serialization
