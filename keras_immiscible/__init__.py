@@ -5,6 +5,7 @@ from keras_immiscible import data
 from keras_immiscible import layers
 from keras_immiscible import models
 from keras_immiscible import ops
+from keras_immiscible import optimizers
 from keras_immiscible import samplers
 from keras_immiscible import schedules
 
