@@ -112,13 +112,13 @@ def parse_args(argv=None):
     return args
 
 
-def _ints(text, name):
+def _ints(text, name, minimum=1):
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"`--{name}` must be a comma list of ints, got {text!r}.") from None
-    if not values or len(set(values)) != len(values) or min(values) < 1:
-        raise ValueError(f"`--{name}` must list distinct positive ints, got {text!r}.")
+    if not values or len(set(values)) != len(values) or min(values) < minimum:
+        raise ValueError(f"`--{name}` must list distinct ints >= {minimum}, got {text!r}.")
     return values
 
 
@@ -155,7 +155,7 @@ def resolve(args):
     args.name = args.name or ("convergence_quick" if args.quick else "convergence_regime")
     args.backend = args.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
     text = str(args.seeds)
-    args.seeds = list(range(_ints(text, "seeds")[0])) if "," not in text else _ints(text, "seeds")
+    args.seeds = list(range(_ints(text, "seeds")[0])) if "," not in text else _ints(text, "seeds", minimum=0)
     args.sampling_steps = _ints(args.sampling_steps, "sampling-steps")
     steps = {}
     for part in str(args.steps).split(","):
