@@ -329,6 +329,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
         sampler=None,
         batch_size=None,
         sigmas=None,
+        initial_noise="standard",
     ):
         """Generates images from pure noise in `steps` consistency steps.
 
@@ -336,7 +337,8 @@ class ImmiscibleConsistency(ImmiscibleModel):
         step), plus `sigmas`: a decreasing sequence of noise levels for
         multistep sampling (a shortcut for
         `sampler=ConsistencySampler(sigmas)`; `steps` then defaults to
-        `len(sigmas)`).
+        `len(sigmas)`). `initial_noise="matched"` starts from the per-pixel
+        Gaussian of the training noise, scaled by `sigma_max` as N(0, I) is.
         """
         if sigmas is not None:
             if sampler is not None:
@@ -354,6 +356,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
             labels=labels,
             sampler=sampler,
             batch_size=batch_size,
+            initial_noise=initial_noise,
         )
 
     def sample(self, noise, steps, sampler, seed, labels=None):

@@ -9,6 +9,7 @@ images, assigning the noise (the step every family shares, see
 `generate` loop.
 """
 
+import sys
 import warnings
 
 import keras
@@ -17,6 +18,7 @@ from keras import ops
 
 from keras_immiscible import assignment as assignment_lib
 from keras_immiscible import samplers as samplers_lib
+from keras_immiscible import schedules as schedules_lib
 from keras_immiscible.backend import untie_ema_buffers
 from keras_immiscible.models import input_checks
 
@@ -91,6 +93,22 @@ class ImmiscibleModel(keras.Model):
             network
         )
         self.assignment_tracker = keras.metrics.Mean(name="assignment_gain")
+        # Running per-pixel moments of the noise the model trains on (see
+        # `noise_mean`); created here so that they exist before training,
+        # travel with the weights into `.keras` files, and are part of the
+        # non-trainable state of the stateless (JAX) training step.
+        self._noise_count = self.add_weight(
+            shape=(), initializer="zeros", dtype="float32",
+            trainable=False, autocast=False, name="noise_count",
+        )
+        self._noise_mean = self.add_weight(
+            shape=self.image_shape, initializer="zeros", dtype="float32",
+            trainable=False, autocast=False, name="noise_mean",
+        )
+        self._noise_square_mean = self.add_weight(
+            shape=self.image_shape, initializer="zeros", dtype="float32",
+            trainable=False, autocast=False, name="noise_square_mean",
+        )
 
     # ------------------------------------------------------ family interface
 
@@ -222,6 +240,8 @@ class ImmiscibleModel(keras.Model):
         for the batch and pairs it with the images (unless the batch brings
         its noise, assigned upstream), then the family's `noise_loss`
         trains on that noise as plain training would on a random draw.
+        With `training=True` the noise also updates the running per-pixel
+        moments behind `noise_mean` and `noise_std`.
         """
         batch = input_checks.check_batch(self, x, y)
         images = batch["images"]
@@ -244,9 +264,86 @@ class ImmiscibleModel(keras.Model):
                 self.assignment_tracker.update_state(
                     ops.mean(ops.cast(batch["assignment_gain"], "float32"))
                 )
+        if training:
+            self._track_noise(noise)
         loss = self.noise_loss(data, noise, batch.get("labels"), training)
         losses = [loss] + [ops.sum(extra) for extra in self.losses]
         return ops.sum(ops.stack(losses)) if len(losses) > 1 else loss
+
+    # ---------------------------------------------------------- noise moments
+
+    def _track_noise(self, noise):
+        """Adds a batch of training noise (B, *image_shape) to the moments.
+
+        Incremental (cumulative) means: `m <- m + (batch_mean - m) B / (n + B)`
+        for E[x] and E[x^2]. The noise marginal does not depend on the
+        weights, so every batch counts alike.
+        """
+        noise = ops.cast(noise, "float32")
+        batch = ops.cast(ops.shape(noise)[0], "float32")
+        count = self._noise_count + batch
+        weight = batch / count
+        mean = self._noise_mean + (
+            ops.mean(noise, axis=0) - self._noise_mean
+        ) * weight
+        square = self._noise_square_mean + (
+            ops.mean(ops.square(noise), axis=0) - self._noise_square_mean
+        ) * weight
+        self._noise_mean.assign(mean)
+        self._noise_square_mean.assign(square)
+        self._noise_count.assign(count)
+
+    @property
+    def noise_count(self):
+        """How many noise samples (images) the moments were computed from."""
+        return float(ops.convert_to_numpy(self._noise_count))
+
+    @property
+    def noise_mean(self):
+        """Per-pixel mean of the noise the model trained on.
+
+        A numpy float32 copy, shape `image_shape`, over every training batch
+        so far (the noise the assigner chose, or the noise the batches
+        brought). Plain noise and linear assignment (a permutation of an
+        i.i.d. draw) keep it at 0 up to sampling error; KNN selection pulls
+        it towards the data (design notes, "KNN's marginal"). All zeros
+        before training (see `noise_count`).
+        """
+        return np.array(ops.convert_to_numpy(self._noise_mean))
+
+    @property
+    def noise_std(self):
+        """Per-pixel standard deviation of the noise the model trained on.
+
+        A numpy float32 copy, shape `image_shape`, from the running E[x]
+        and E[x^2] (population std). 1 up to sampling error for plain noise
+        and linear assignment, below 1 with KNN selection. All zeros
+        before training (see `noise_count`).
+        """
+        mean = ops.convert_to_numpy(self._noise_mean)
+        square = ops.convert_to_numpy(self._noise_square_mean)
+        return np.sqrt(np.maximum(square - np.square(mean), 0.0)).astype(
+            "float32"
+        )
+
+    def load_own_variables(self, store):
+        # Models saved before the noise moments existed lack them: load the
+        # other variables and start the moments from zero.
+        own = self._trainable_variables + self._non_trainable_variables
+        moments = (self._noise_count, self._noise_mean, self._noise_square_mean)
+        moment_ids = {id(v) for v in moments}
+        if len(store.keys()) == len(own) - len(moments):
+            rest = [v for v in own if id(v) not in moment_ids]
+            for i, variable in enumerate(rest):
+                variable.assign(store[f"{i}"])
+            warnings.warn(
+                f"The saved {type(self).__name__} has no noise moments (it "
+                "predates them): noise_mean/noise_std start from zero, and "
+                "generate(initial_noise='matched') needs training first.",
+                stacklevel=2,
+            )
+            return
+        super().load_own_variables(store)
 
     # -------------------------------------------------------------- sampling
 
@@ -258,8 +355,18 @@ class ImmiscibleModel(keras.Model):
         labels=None,
         sampler=None,
         batch_size=None,
+        initial_noise="standard",
     ):
         """Generates images from pure noise.
+
+        On a model trained with assigned noise (an assigner other than
+        `RandomNoise`) the image-noise joint is coupled: deterministic
+        samplers (`DDIM(eta=0)`, `Euler`, `Heun`, one-step consistency
+        sampling) stay valid, while stochastic ones (`DDPM`, `DDIM(eta>0)`,
+        multistep consistency sampling), which draw noise independent of the
+        data, sample the wrong distribution; `generate` then warns once per
+        sampler (see the samplers' `is_stochastic`). Noise assigned upstream
+        (`with_assigned_noise`, model `assignment=None`) is not detected.
 
         Args:
             num_images: how many images to generate.
@@ -271,11 +378,23 @@ class ImmiscibleModel(keras.Model):
             sampler: override the model's default sampler (a name or a
                 sampler instance).
             batch_size: generate in chunks of this size (default: all at once).
+            initial_noise: where the sampler starts. `"standard"` (default):
+                N(0, I). `"matched"`: the per-pixel Gaussian with the mean
+                and std of the noise the model trained on
+                (`noise_mean + noise_std * N(0, I)`). Samplers transport the
+                noise the model was trained with; KNN selection shifts that
+                noise towards the data and shrinks it, so a KNN-trained model
+                started from N(0, I) starts off its training distribution
+                (design notes, "KNN's marginal": large at low dimension,
+                large k, and data with a non-zero mean). Linear assignment and
+                plain noise keep N(0, I), so both choices agree there up to
+                sampling error. `"matched"` needs a trained model.
 
         Returns:
             A numpy array (num_images, *image_shape) in the data's range:
             float32 in [0, 1], or uint8 when the model was trained on uint8.
         """
+        moments = self._initial_noise_moments(initial_noise)
         if isinstance(num_images, bool) or not isinstance(
             num_images, (int, np.integer)
         ) or num_images < 1:
@@ -289,6 +408,7 @@ class ImmiscibleModel(keras.Model):
             raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
         labels = self._check_labels(labels, num_images)
         sampler = samplers_lib.get(sampler) if sampler else self.sampler
+        self._warn_if_stochastic_on_coupled(sampler, int(steps))
         batch_size = int(batch_size or num_images)
         seed_generator = keras.random.SeedGenerator(seed)
         outputs = []
@@ -300,11 +420,85 @@ class ImmiscibleModel(keras.Model):
             noise = keras.random.normal(
                 (count,) + tuple(self.image_shape), seed=seed_generator
             )
+            if moments is not None:
+                noise = moments[0] + moments[1] * noise
             images = self.sample(
                 noise, int(steps), sampler, seed_generator, chunk_labels
             )
             outputs.append(ops.convert_to_numpy(self.denormalize(images)))
         return np.concatenate(outputs, axis=0)
+
+    def _initial_noise_moments(self, initial_noise):
+        """`None` for N(0, I), or the `(mean, std)` tensors of "matched"."""
+        if not isinstance(initial_noise, str) or initial_noise not in (
+            "standard", "matched"
+        ):
+            raise ValueError(
+                "`initial_noise` must be 'standard' (N(0, I)) or 'matched' "
+                "(the per-pixel Gaussian of the training noise), got "
+                f"{initial_noise!r}."
+            )
+        if initial_noise == "standard":
+            return None
+        if self.noise_count <= 0:
+            raise ValueError(
+                "generate(initial_noise='matched') needs the moments of the "
+                "training noise, but this model has not trained yet "
+                "(noise_count is 0): train it first, or use "
+                "initial_noise='standard'."
+            )
+        return (
+            ops.convert_to_tensor(self.noise_mean),
+            ops.convert_to_tensor(self.noise_std),
+        )
+
+    def _warn_if_stochastic_on_coupled(self, sampler, steps):
+        """Warns, once per sampler, of a stochastic sampler on coupled noise.
+
+        A sampler that draws fresh noise between its steps (DDPM, DDIM with
+        `eta > 0`, multistep consistency sampling) assumes the model's
+        training noise was independent of its data; with an assigner other
+        than `RandomNoise` it was not, and the sampler samples the wrong
+        distribution. Samplers without `is_stochastic` are not checked.
+        """
+        if isinstance(self.assigner, assignment_lib.RandomNoise):
+            return
+        is_stochastic = getattr(sampler, "is_stochastic", None)
+        if not callable(is_stochastic) or not is_stochastic(steps):
+            return
+        key = repr(sampler)
+        warned = getattr(self, "_stochastic_sampler_warnings", ())
+        if key in warned:
+            return
+        self._stochastic_sampler_warnings = tuple(warned) + (key,)
+        if getattr(sampler, "kind", None) == "consistency":
+            what = "re-noises between its steps"
+            instead = "one-step sampling (steps=1)"
+        else:
+            what = "injects noise at every step"
+            instead = "DDIM(eta=0) (sampler='ddim')"
+            if isinstance(
+                getattr(self, "schedule", None),
+                schedules_lib.LinearInterpolation,
+            ):
+                instead = "sampler='euler' or 'heun' (or 'ddim', eta=0)"
+        # Point at the user's call, past a family's own `generate` override.
+        stacklevel, frame = 3, sys._getframe(2)
+        while frame is not None and frame.f_code.co_name == "generate" and (
+            frame.f_globals.get("__name__", "").startswith("keras_immiscible")
+        ):
+            stacklevel, frame = stacklevel + 1, frame.f_back
+        warnings.warn(
+            f"{sampler!r} {what} (steps={steps}) with noise drawn "
+            "independently of the data, which assumes the model was trained "
+            "on noise independent of its data. This model trained on noise "
+            f"assigned to its data by {self.assigner!r}, a coupled "
+            "image-noise joint, so this sampler samples the wrong "
+            "distribution (too narrow on Gaussian data). Deterministic "
+            f"sampling stays valid under coupling: use {instead}.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
     def _check_labels(self, labels, num_images):
         if self.num_classes_input and labels is None:
