@@ -26,7 +26,11 @@ def _order(key):
 
 
 def _fmt_speedup(summary):
-    text = f"{summary['median']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+    # A median that falls on a censored seed is itself only a bound.
+    prefix = ""
+    if 2 * summary["censored"] >= summary["seeds"] and summary["kinds"] in ("<", ">"):
+        prefix = summary["kinds"]
+    text = f"{prefix}{summary['median']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
     if summary["censored"]:
         text += f" ({summary['censored']}/{summary['seeds']} {summary['kinds']})"
     return text
