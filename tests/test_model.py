@@ -419,3 +419,95 @@ def test_tensorflow_picks_a_working_compile_mode():
         warnings.simplefilter("error")
         model.compile(optimizer="adamw", jit_compile=True)
     assert model.jit_compile is True
+
+
+# ------------------------------------------- stochastic samplers, coupled noise
+
+COUPLED_WARNING = "samples the wrong distribution"
+
+
+@pytest.fixture(scope="module")
+def sampling_models():
+    """One model per (family, assignment), built on demand, sharing a
+    network whose output is half its input (cheap to sample from)."""
+    network = half_network()
+    models = {}
+
+    def get(family, assignment):
+        if (family, assignment) not in models:
+            models[family, assignment] = FAMILIES[family](
+                network, assignment=assignment
+            )
+        return models[family, assignment]
+
+    return get
+
+
+def coupled_warnings(model, **kwargs):
+    """The coupled-noise warnings of one `generate(2, ...)` call."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = model.generate(2, seed=0, **kwargs)
+    assert np.isfinite(samples).all()
+    return [w for w in caught if COUPLED_WARNING in str(w.message)]
+
+
+@pytest.mark.parametrize("assignment", ["linear", "knn"])
+def test_stochastic_sampler_on_a_coupled_model_warns_once(
+    sampling_models, assignment
+):
+    cases = [
+        ("diffusion", {"sampler": "ddpm", "steps": 3}, "DDIM(eta=0)"),
+        ("diffusion", {"sampler": ki.samplers.DDIM(eta=1.0), "steps": 3},
+         "DDIM(eta=0)"),
+        ("flow_matching", {"sampler": "ddpm", "steps": 3}, "'euler'"),
+        ("consistency", {"steps": 2}, "steps=1"),
+        ("consistency", {"sigmas": (80.0, 2.0, 0.2)}, "steps=1"),
+    ]
+    for family, kwargs, alternative in cases:
+        model = sampling_models(family, assignment)
+        caught = coupled_warnings(model, **kwargs)
+        assert len(caught) == 1, (family, kwargs)
+        assert issubclass(caught[0].category, UserWarning)
+        assert caught[0].filename == __file__  # the caller's line
+        message = str(caught[0].message)
+        assert alternative in message, message
+        assert repr(model.assigner) in message
+        # Once per model and sampler: a second call, or an equal instance,
+        # is silent.
+        again = dict(kwargs)
+        if isinstance(again.get("sampler"), ki.samplers.DDIM):
+            again["sampler"] = ki.samplers.DDIM(eta=1.0)
+        assert not coupled_warnings(model, **again), (family, kwargs)
+    # The model's own default sampler is checked too.
+    model = ki.ImmiscibleDiffusion(
+        sampling_models("diffusion", assignment).network,
+        assignment=assignment, sampler="ddpm",
+    )
+    assert len(coupled_warnings(model, steps=3)) == 1
+
+
+@pytest.mark.parametrize("assignment", ["linear", "knn", None])
+def test_deterministic_samplers_and_vanilla_models_do_not_warn(
+    sampling_models, assignment
+):
+    cases = [
+        ("diffusion", {"steps": 3}),  # default "ddim"
+        ("diffusion", {"sampler": ki.samplers.DDIM(eta=0.0), "steps": 3}),
+        ("diffusion", {"sampler": "ddpm", "steps": 1}),  # one step: no noise
+        ("flow_matching", {"sampler": "euler", "steps": 3}),
+        ("flow_matching", {"sampler": "heun", "steps": 3}),
+        ("flow_matching", {"sampler": "ddim", "steps": 3}),
+        ("consistency", {}),  # one step
+        ("consistency", {"sigmas": (80.0,)}),
+    ]
+    if assignment is None:  # independent noise: stochastic samplers are fine
+        cases += [
+            ("diffusion", {"sampler": "ddpm", "steps": 3}),
+            ("diffusion", {"sampler": ki.samplers.DDIM(eta=1.0), "steps": 3}),
+            ("flow_matching", {"sampler": "ddpm", "steps": 3}),
+            ("consistency", {"steps": 2}),
+        ]
+    for family, kwargs in cases:
+        model = sampling_models(family, assignment)
+        assert not coupled_warnings(model, **kwargs), (family, kwargs)

@@ -728,3 +728,34 @@ def test_deterministic_samplers_compile(sampler, name):
     np.testing.assert_allclose(
         _np(run(x)), _np(sampler.sample(fn, x, schedule, 8)), atol=1e-5
     )
+
+
+def test_stochastic_property_and_is_stochastic():
+    consistency = samplers.ConsistencySampler
+    cases = [
+        (samplers.DDIM(), False),
+        (samplers.DDIM(eta=0.5), True),
+        (samplers.DDIM(eta=1.0), True),
+        (samplers.DDPM(), True),
+        (samplers.DDPM(variance="beta"), True),
+        (samplers.Euler(), False),
+        (samplers.Heun(), False),
+        (samplers.Heun(final_step="heun"), False),
+        (consistency(), True),
+        (consistency((80.0, 0.821)), True),
+        (consistency((80.0,)), False),
+    ]
+    for sampler, stochastic in cases:
+        assert sampler.stochastic is stochastic, sampler
+        # One step only predicts: deterministic whatever the sampler.
+        assert sampler.is_stochastic(1) is False, sampler
+        assert sampler.is_stochastic(2) is stochastic, sampler
+        assert sampler.is_stochastic(50) is stochastic, sampler
+        with pytest.raises(AttributeError):
+            sampler.stochastic = not stochastic
+    # ConsistencySampler keeps its repr and round trip on SamplerBase.
+    sampler = consistency((80.0, 0.821))
+    assert repr(sampler) == "ConsistencySampler(sigmas=[80.0, 0.821])"
+    restored = samplers.get(json.loads(json.dumps(samplers.serialize(sampler))))
+    assert type(restored) is consistency and restored.sigmas == [80.0, 0.821]
+    assert restored.is_stochastic(2)

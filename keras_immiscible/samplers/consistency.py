@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_immiscible.samplers.ddim import SamplerBase
 from keras_immiscible.schedules import consistency as cm
 
 # iCT's two-step sampling schedule for CIFAR-10 (Song & Dhariwal, 2023).
@@ -25,7 +26,7 @@ def _check_sigma(value):
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
-class ConsistencySampler:
+class ConsistencySampler(SamplerBase):
     """One-step and multistep sampling of a consistency model.
 
     With the consistency function `f(x, sigma)` (noisy input at level
@@ -47,6 +48,13 @@ class ConsistencySampler:
     and for more steps the first `steps` levels of the `steps + 1`-level
     Karras grid from `sigma_max` down to `sigma_min` (the last level,
     `sigma_min`, is left out: there `f` is the identity).
+
+    Coupled noise: one step is deterministic, but every further step
+    re-noises with `z_k` drawn independently of the data
+    (`is_stochastic(steps)` is `steps > 1`). On a model trained on noise
+    assigned to its data (linear assignment, KNN selection) the noise is
+    not independent of the data, and multistep sampling samples the wrong
+    distribution (too narrow on Gaussian data); sample in one step there.
 
     Args:
         sigmas: `None`, or a strictly decreasing sequence of noise levels in
@@ -81,6 +89,15 @@ class ConsistencySampler:
                     f"sequence of noise levels, got {sigmas}."
                 )
         self.sigmas = sigmas
+
+    @property
+    def stochastic(self):
+        """Whether the sampler can re-noise: `False` only for one level.
+
+        Read-only. A run re-noises only when it has more than one step, see
+        `is_stochastic(steps)`.
+        """
+        return self.sigmas is None or len(self.sigmas) > 1
 
     def sigma_sequence(self, steps, sigma_min, sigma_max, rho=cm.RHO):
         """The `steps` decreasing noise levels visited (Python floats)."""
@@ -140,11 +157,5 @@ class ConsistencySampler:
         return denoised
 
     def get_config(self):
+        """Returns the constructor arguments of the sampler as a dict."""
         return {"sigmas": self.sigmas}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        return f"ConsistencySampler(sigmas={self.sigmas!r})"

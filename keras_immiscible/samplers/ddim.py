@@ -133,6 +133,32 @@ class SamplerBase:
     #: `(pred_noise, pred_data)`, `"velocity"` for `d x_t / d t`.
     kind = "denoise"
 
+    @property
+    def stochastic(self):
+        """Whether the sampler draws fresh noise between its steps.
+
+        Such noise is drawn independently of the data, as the forward
+        process of plain diffusion is: a stochastic sampler assumes the
+        model was trained on noise independent of its data. With noise
+        *assigned* to the data (linear assignment, KNN selection), the
+        image-noise joint is coupled and only deterministic samplers
+        (`DDIM(eta=0)`, `Euler`, `Heun`, one-step consistency sampling)
+        still sample the data distribution; `generate` warns otherwise.
+        Read-only; `False` here, subclasses that inject noise override it.
+        """
+        return False
+
+    def is_stochastic(self, steps):
+        """Whether a run of `steps` steps draws noise between its steps.
+
+        `stochastic and steps > 1`: a single step only predicts, so it is
+        deterministic whatever the sampler. This is what `generate` checks.
+
+        Args:
+            steps: int >= 1, the number of steps of the run.
+        """
+        return bool(self.stochastic) and int(steps) > 1
+
     def get_config(self):
         """Returns the constructor arguments of the sampler as a dict."""
         return {}
@@ -172,6 +198,13 @@ class DDIM(SamplerBase):
     samples are the data prediction `pred_data` made at the last visited
     time (`t = 1 / steps`).
 
+    Coupled noise: `eta > 0` (`stochastic`) injects `z` independent of the
+    data, which assumes the model's training noise was independent of the
+    data too. For a model trained on noise assigned to its data (linear
+    assignment, KNN selection) that is false and the sampler samples the
+    wrong distribution (too narrow on Gaussian data); `eta = 0`, the
+    probability-flow ODE of the coupled path, stays valid.
+
     The visited times are `t_k = (steps - k) / steps`; on a discrete
     schedule (e.g. `LinearBeta`) with `T` steps they are rounded to the grid
     `i / T`, so `steps == T` visits every step, and `steps` may not exceed
@@ -179,7 +212,8 @@ class DDIM(SamplerBase):
     step of the flow `d x / d t = pred_noise - pred_data`.
 
     Args:
-        eta: float >= 0. Scale of the noise injected at each step.
+        eta: float >= 0. Scale of the noise injected at each step; use
+            `eta = 0` on models trained with assigned noise.
 
     Example:
 
@@ -214,6 +248,11 @@ class DDIM(SamplerBase):
         if not eta >= 0.0:
             raise ValueError(f"`eta` must be >= 0. Received: eta={eta}")
         self.eta = eta
+
+    @property
+    def stochastic(self):
+        """`eta > 0`: whether noise is injected between steps (read-only)."""
+        return self.eta > 0.0
 
     def sample(self, denoise, initial_noise, schedule, steps, seed=None):
         """Generates samples from pure noise.

@@ -53,6 +53,12 @@ class DDPM(SamplerBase):
     discrete schedules and `LinearInterpolation`), i.e. DDPM's noiseless
     last step.
 
+    Coupled noise: the sampler is stochastic (`stochastic` is `True`): the
+    posterior `q(x_s | x_t, x_0)` it samples holds for noise independent of
+    the data, so on a model trained on noise assigned to its data (linear
+    assignment, KNN selection) it samples the wrong distribution (too
+    narrow on Gaussian data). Use the deterministic `DDIM(eta=0)` there.
+
     Args:
         variance: `"posterior"` (`beta_tilde`) or `"beta"`.
 
@@ -84,6 +90,11 @@ class DDPM(SamplerBase):
                 f"Received: variance={variance!r}"
             )
         self.variance = variance
+
+    @property
+    def stochastic(self):
+        """Always `True`: noise is injected between steps (read-only)."""
+        return True
 
     def sample(self, denoise, initial_noise, schedule, steps, seed=None):
         """Generates samples from pure noise.

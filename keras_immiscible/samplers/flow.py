@@ -35,8 +35,10 @@ class Euler(SamplerBase):
     ```
 
     The velocity is never evaluated at `t = 0`. The sampler is deterministic
-    (`seed` is accepted and unused). On the linear path, this is the same
-    update as `DDIM(eta=0)` with the equivalent denoiser.
+    (`seed` is accepted and unused; `stochastic` is `False`), so it stays
+    valid on models trained with assigned (coupled) noise. On the linear
+    path, this is the same update as `DDIM(eta=0)` with the equivalent
+    denoiser.
 
     Example:
 
@@ -98,6 +100,7 @@ class Heun(SamplerBase):
     ```
 
     The global error is `O(1 / steps**2)` (Euler's is `O(1 / steps)`).
+    Deterministic like `Euler` (`stochastic` is `False`).
 
     By default the last step (to `t = 0`) is a plain Euler step, as in
     Karras et al. (2022): the velocity is then never evaluated at `t = 0`,
