@@ -138,6 +138,15 @@ FLAGS = {
         ),
         None,
     ),
+    "ema_warmup": (
+        float,
+        (
+            "warm-up of the EMA momentum, min(ema, (1 + t) / (warmup + t)) "
+            "at step t (ki.optimizers.AdamW; 0: Keras' constant momentum; "
+            "--optimizer adamw only)"
+        ),
+        None,
+    ),
     "widths": (int_list, "UNet channels per resolution, comma-separated", None),
     "block_depth": (int, "residual blocks per UNet resolution", None),
     "attention": (
@@ -345,6 +354,11 @@ def check_args(args, parser):
     ema = getattr(args, "ema", None)
     if ema is not None and not 0.0 <= ema < 1.0:
         parser.error(f"--ema must be in [0, 1), got {ema}.")
+    ema_warmup = getattr(args, "ema_warmup", None)
+    if ema_warmup is not None and ema_warmup != 0 and not ema_warmup >= 1.0:
+        parser.error(
+            f"--ema-warmup must be 0 (none) or >= 1, got {ema_warmup}."
+        )
     dropout = getattr(args, "dropout", None)
     if dropout is not None and not 0.0 <= dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {dropout}.")
@@ -546,8 +560,15 @@ def make_feature_extractor(args):
 
 
 def make_optimizer(args):
-    """The optimizer of the flags: Adam/AdamW, warm-up, clipping, EMA."""
+    """The optimizer of the flags: Adam/AdamW, warm-up, clipping, EMA.
+
+    `adamw` is `ki.optimizers.AdamW` (Keras' AdamW whose EMA can have a
+    warm-up): with `--ema-warmup` (examples whose configuration has it) the
+    EMA momentum warms up, otherwise it is Keras' constant momentum.
+    """
     import keras
+
+    import keras_immiscible as ki
 
     learning_rate = args.learning_rate
     if args.warmup_steps:
@@ -567,7 +588,11 @@ def make_optimizer(args):
         "ema_momentum": args.ema if args.ema > 0 else 0.99,
     }
     if args.optimizer == "adamw":
-        return keras.optimizers.AdamW(weight_decay=args.weight_decay, **options)
+        return ki.optimizers.AdamW(
+            weight_decay=args.weight_decay,
+            ema_warmup=getattr(args, "ema_warmup", 0) or None,
+            **options,
+        )
     return keras.optimizers.Adam(
         weight_decay=args.weight_decay or None, **options
     )
@@ -599,7 +624,7 @@ def grid_scale(image_size):
     return max(1, 32 // image_size)
 
 
-def run(args, build_model, channels, describe=""):
+def run(args, build_model, channels, describe="", check_resumed=None):
     """Trains (or resumes) one experiment and writes all its outputs.
 
     Args:
@@ -608,6 +633,9 @@ def run(args, build_model, channels, describe=""):
             uncompiled model.
         channels: channels of the experiment's images.
         describe: one line about the experiment for the log.
+        check_resumed: optional `check_resumed(args, model)`, called on the
+            model reloaded by `--resume`; raises if the flags ask for another
+            model than the checkpoint holds.
 
     Returns:
         A dict with the `model`, the Keras `history`, `steps` (optimizer
@@ -637,6 +665,8 @@ def run(args, build_model, channels, describe=""):
                 "--resume first (with the same --output)."
             )
         model = keras.models.load_model(checkpoint)
+        if check_resumed is not None:
+            check_resumed(args, model)
         initial_step = int(
             keras.ops.convert_to_numpy(model.optimizer.iterations)
         )

@@ -7,8 +7,10 @@ the CSV log (columns, one row per evaluation with the right step count,
 finite values, the assignment gain of the chosen assigner), the PNG grids
 (decoded, of the expected size), and the saved model, reloaded here, which
 must regenerate the final grid's images. `--resume` is checked in-process on
-a copy of one run: the optimizer's step counter (and the consistency model's
-curriculum counter) carry on from the checkpoint.
+a copy of a run: the optimizer's step counter (and the consistency model's
+curriculum counter) carry on from the checkpoint. `train_digits.py` (the
+README's main job) runs once per family: flow matching, its default, and
+DDIM.
 """
 
 import csv
@@ -35,6 +37,8 @@ EXAMPLES = os.path.join(ROOT, "examples")
 # grids of 16 images (4 x 4 tiles), 1 px padding.
 QUICK_STEPS = 4
 QUICK_EVAL_EVERY = 2
+# The README's main job's length (under 3 minutes on 2 CPU cores).
+DIGITS_STEPS = 1200
 GRID_IMAGES = 16
 COLUMNS = {
     "epoch",
@@ -46,15 +50,27 @@ COLUMNS = {
     "wall_time",
 }
 
-# name -> the backend that runs it, extra flags, and what the run must give.
+# case -> the script (default: the case's name), the backend that runs it,
+# extra flags, and what the run must give.
 CASES = {
     "train_digits": {
         "backend": "tensorflow",
         "flags": [],
         "assignment": "linear",
+        "image_size": 16,
+        "channels": 1,
+        "sampling_steps": 5,
+        "model": "ImmiscibleFlowMatching",
+    },
+    "train_digits_ddim": {
+        "script": "train_digits",
+        "backend": "jax",
+        "flags": ["--family", "ddim", "--image-size", "8"],
+        "assignment": "linear",
         "image_size": 8,
         "channels": 1,
         "sampling_steps": 5,
+        "model": "ImmiscibleDiffusion",
     },
     "ddim_oxford_flowers": {
         "backend": "tensorflow",
@@ -101,8 +117,14 @@ def load_example(name):
     return importlib.import_module(name)
 
 
+def script(name):
+    """The example script (module name) of a case."""
+    return CASES[name].get("script", name)
+
+
 def run_quick(name, output, extra=()):
-    """Runs an example in --quick mode as a subprocess; returns wall seconds."""
+    """Runs a case's example in --quick mode as a subprocess; returns wall
+    seconds."""
     env = dict(os.environ)
     env["KERAS_BACKEND"] = CASES[name]["backend"]
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -113,7 +135,7 @@ def run_quick(name, output, extra=()):
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     command = [
         sys.executable,
-        os.path.join(EXAMPLES, name + ".py"),
+        os.path.join(EXAMPLES, script(name) + ".py"),
         "--quick",
         "--output",
         str(output),
@@ -230,11 +252,21 @@ def test_example_quick_run(name, quick_runs):
         difference.max(),
     )
 
+    if "model" in case:
+        assert type(model).__name__ == case["model"]
+
     # The checkpoint for --resume holds the optimizer at the last step.
     checkpoint = keras.models.load_model(output / "checkpoints" / "last.keras")
     assert int(keras.ops.convert_to_numpy(checkpoint.optimizer.iterations)) == (
         QUICK_STEPS
     )
+    if script(name) == "train_digits":
+        # The library's AdamW: an EMA with warm-up.
+        import keras_immiscible as ki
+
+        optimizer = checkpoint.optimizer
+        assert isinstance(optimizer, ki.optimizers.AdamW)
+        assert optimizer.use_ema and optimizer.ema_warmup == 10.0
 
 
 def check_resume_continues_from_saved_step(quick_runs, tmp_path):
@@ -262,6 +294,34 @@ def check_resume_continues_from_saved_step(quick_runs, tmp_path):
     assert [row["step"] for row in rows] == [2, 4, 6]
     assert rows[:2] == first_rows  # appended, not rewritten
     assert all(math.isfinite(v) for v in rows[2].values())
+    assert os.path.exists(output / "samples" / "epoch_0003.png")
+
+
+def check_digits_resume(name, quick_runs, tmp_path):
+    """`train_digits.py --resume` continues a quick run of `name`'s family;
+    the other family is refused."""
+    first = quick_runs(name)
+    output = tmp_path / "resumed"
+    shutil.copytree(first, output)
+    _, first_rows = read_log(first / "log.csv")
+
+    example = load_example("train_digits")
+    flags = ["--quick", "--resume", "--output", str(output)]
+    flags += CASES[name]["flags"]
+    other = "flow" if "ddim" in CASES[name]["flags"] else "ddim"
+    with pytest.raises(ValueError, match=f"--family {other} trains"):
+        example.main([*flags, "--family", other])
+
+    more = QUICK_STEPS + QUICK_EVAL_EVERY
+    result = example.main([*flags, "--steps", str(more)])
+    model = result["model"]
+    assert type(model).__name__ == CASES[name]["model"]
+    assert result["initial_step"] == QUICK_STEPS
+    assert result["steps"] == more
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == more
+    _, rows = read_log(output / "log.csv")
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    assert rows[:2] == first_rows
     assert os.path.exists(output / "samples" / "epoch_0003.png")
 
 
@@ -310,21 +370,65 @@ def test_example_defaults_are_the_papers():
     ) == ("adamw", 1e-3, 1e-4, 0.999, "mae")
     assert flowers.steps == 50 * 510 and flowers.eval_every == 510
 
-    # The README's main job: `python examples/train_digits.py`, no flags.
-    digits = load_example("train_digits").parse_args([])
-    assert (
-        digits.assignment,
-        digits.steps,
-        digits.batch_size,
-        digits.seed,
-        digits.sampling_steps,
-    ) == ("linear", 1500, 128, 0, 30)
-    assert digits.output == os.path.join("outputs", "digits")
-    assert (digits.optimizer, digits.learning_rate, digits.ema) == (
-        "adamw",
-        1e-3,
-        0.99,
+    # The README's main job: `python examples/train_digits.py`, no flags:
+    # flow matching + linear assignment at 16x16, few sampling steps
+    # (docs/benchmarks/convergence_regime.md).
+    train_digits = load_example("train_digits")
+    digits = train_digits.parse_args([])
+    assert (digits.family, digits.image_size, digits.assignment) == (
+        "flow",
+        16,
+        "linear",
     )
+    assert (digits.widths, digits.block_depth) == ((16, 32), 1)
+    assert (digits.sampling_steps, digits.eval_sampling_steps) == (10, 10)
+    assert (digits.steps, digits.eval_every) == (DIGITS_STEPS, 300)
+    assert (digits.batch_size, digits.seed) == (128, 0)
+    assert digits.output == os.path.join("outputs", "digits")
+    assert (
+        digits.optimizer,
+        digits.learning_rate,
+        digits.ema,
+        digits.ema_warmup,
+    ) == ("adamw", 1e-3, 0.99, 10.0)
+    assert "convergence_regime.md" in train_digits.__doc__
+    for key in ("family", "image_size", "assignment", "sampling_steps"):
+        assert "convergence_regime.md" in train_digits.CONFIG[key].source
+    # The quick run keeps the family, the size and the assignment.
+    quick = train_digits.parse_args(["--quick"])
+    assert (quick.family, quick.image_size, quick.assignment) == (
+        "flow",
+        16,
+        "linear",
+    )
+    assert (quick.steps, quick.eval_every) == (QUICK_STEPS, QUICK_EVAL_EVERY)
+    ddim = train_digits.parse_args(["--family", "ddim", "--image-size", "8"])
+    assert (ddim.family, ddim.image_size) == ("ddim", 8)
+    for bad in (["--family", "consistency"], ["--ema-warmup", "0.5"]):
+        with pytest.raises(SystemExit):
+            train_digits.parse_args(bad)
+
+
+def test_make_optimizer_ema_warmup():
+    """`adamw` is the library's AdamW; its EMA warms up only where the
+    example's configuration has `--ema-warmup`."""
+    import keras_immiscible as ki
+
+    common = load_example("common")
+    digits = common.make_optimizer(load_example("train_digits").parse_args([]))
+    assert isinstance(digits, ki.optimizers.AdamW)
+    assert (digits.use_ema, digits.ema_momentum, digits.ema_warmup) == (
+        True,
+        0.99,
+        10.0,
+    )
+    no_warmup = load_example("train_digits").parse_args(["--ema-warmup", "0"])
+    assert common.make_optimizer(no_warmup).ema_warmup is None
+    flowers = common.make_optimizer(
+        load_example("ddim_oxford_flowers").parse_args([])
+    )
+    assert isinstance(flowers, ki.optimizers.AdamW)
+    assert flowers.ema_warmup is None  # Keras' constant momentum, as before
 
 
 def test_quick_flags_and_explicit_flags():
@@ -413,6 +517,17 @@ if BACKEND == CASES["consistency_cifar10"]["backend"]:
     test_resume_continues_from_saved_step = (
         check_resume_continues_from_saved_step
     )
+if BACKEND == CASES["train_digits"]["backend"]:
+
+    def test_digits_flow_resume(quick_runs, tmp_path):
+        check_digits_resume("train_digits", quick_runs, tmp_path)
+
+
+if BACKEND == CASES["train_digits_ddim"]["backend"]:
+
+    def test_digits_ddim_resume(quick_runs, tmp_path):
+        check_digits_resume("train_digits_ddim", quick_runs, tmp_path)
+
 if BACKEND == "tensorflow":
     test_real_run_without_data_fails_at_once = (
         check_real_run_without_data_fails_at_once
