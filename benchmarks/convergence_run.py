@@ -278,7 +278,6 @@ class Evaluator:
         from keras_immiscible.callbacks import ema_weights
         from keras_immiscible.metrics.evaluate import update_metrics
 
-        kwargs = {} if initial_noise == "standard" else {"initial_noise": initial_noise}
         out = {}
         with ema_weights(model) as loaded:
             if not loaded:
@@ -289,7 +288,7 @@ class Evaluator:
                     self.args.num_samples,
                     steps=steps,
                     seed=self.args.sampling_seed,
-                    **kwargs,
+                    initial_noise=initial_noise,
                 )
                 update_metrics([self.fid], images, "generated", "generated_images")
                 out[steps] = float(self.fid.result())
@@ -297,16 +296,11 @@ class Evaluator:
 
 
 def noise_statistics(model):
-    """Summary of the tracked per-pixel moments of the training noise (None
-    where the model does not track them)."""
+    """Summary of the tracked per-pixel moments of the training noise."""
     import numpy as np
 
-    mean = getattr(model, "noise_mean", None)
-    std = getattr(model, "noise_std", None)
-    if mean is None or std is None:
-        return {}
-    mean = np.asarray(mean, dtype="float64")
-    std = np.asarray(std, dtype="float64")
+    mean = model.noise_mean.astype("float64")
+    std = model.noise_std.astype("float64")
     return {
         "noise_mean_avg": float(mean.mean()),
         "noise_mean_rms": float(np.sqrt(np.mean(mean**2))),
