@@ -20,6 +20,20 @@ def check_solver(solver):
         raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
 
 
+def reduce_cost(cost):
+    """`cost` minus its row minima, then minus its column minima (numpy).
+
+    Every permutation's total changes by the same constant, so the optimal
+    permutations are the same; but scipy's solver is much faster on the
+    reduced matrix (its time depends on the offsets, not only on the
+    optimum: 4x at B=1024 on image-vs-noise costs of data in [0, 1]).
+    Every entry of the result is >= 0 and every row and column holds a 0.
+    """
+    cost = cost - np.min(cost, axis=1, keepdims=True)
+    cost -= np.min(cost, axis=0, keepdims=True)
+    return cost
+
+
 def _scipy_columns(cost):
     cost = np.asarray(cost, dtype=np.float64)
     if not np.all(np.isfinite(cost)):
@@ -27,7 +41,7 @@ def _scipy_columns(cost):
             "`cost` contains NaN or infinite values; refusing to pass them "
             "to scipy.optimize.linear_sum_assignment."
         )
-    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    rows, cols = scipy.optimize.linear_sum_assignment(reduce_cost(cost))
     out = np.empty(cost.shape[0], dtype=np.int32)
     out[rows] = cols
     return out
