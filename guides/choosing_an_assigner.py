@@ -192,11 +192,15 @@ on the host, and prefetches: batch n+1 is assigned while the accelerator
 trains on batch n. Each element carries `"images"`, the assigned `"noise"`
 and its `"assignment_gain"`; the model trains on the given noise and skips
 its own assigner (so give the model `assignment=None`: on TensorFlow its
-step then compiles with XLA). The noise of every batch comes from a seed,
-the epoch and the batch index, so runs are reproducible.
+step then compiles with XLA). The stage repeats its input epoch after
+epoch, and the noise of batch b of epoch e comes from (seed, e, b) alone,
+so runs are reproducible: fit it with `steps_per_epoch` (one epoch of the
+input), and resume at epoch k with `with_assigned_noise(...,
+initial_epoch=k)` and `fit(..., initial_epoch=k)`.
 """
 
 dataset = ki.data.from_numpy(images[:256] if SMOKE else images, batch_size=64, seed=0)
+steps = int(dataset.cardinality())
 dataset = ki.data.with_assigned_noise(dataset, assignment="linear", seed=0)
 element = next(iter(dataset))
 print({key: tuple(value.shape) for key, value in element.items()})
@@ -205,7 +209,7 @@ print(f"gain of the first batch: {float(element['assignment_gain'][0]):.4f}")
 network = ki.layers.UNet(image_shape=(32, 32, 1), widths=(16, 32), block_depth=1)
 model = ki.ImmiscibleDiffusion(network, assignment=None, seed=0)
 model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-history = model.fit(dataset, epochs=1, verbose=2)
+history = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=2)
 print(f"pipeline assignment_gain: {history.history['assignment_gain'][-1]:.4f}")
 
 """

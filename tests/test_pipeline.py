@@ -1,10 +1,12 @@
 """`with_assigned_noise`: the host-side assignment stage of the input pipeline.
 
 Every check recomputes the stage's output independently: the candidate noise
-from the documented per-batch numpy seed, the optimal permutation with scipy
-on a float64 cost written out here, the KNN choice and the distance gain with
-plain numpy.
+from the documented per-batch numpy seed (seed, epoch, batch), the optimal
+permutation with scipy on a float64 cost written out here, the KNN choice and
+the distance gain with plain numpy.
 """
+
+import warnings
 
 import keras
 import numpy as np
@@ -39,7 +41,15 @@ def to_numpy(element):
 
 
 def epoch(ds):
+    """Every element of a finite dataset (built with `epochs=`)."""
+    assert int(ds.cardinality()) >= 0, "an endless dataset"
     return [to_numpy(element) for element in ds]
+
+
+def first(ds, count):
+    """The first `count` elements of one fresh iterator over `ds`."""
+    iterator = iter(ds)
+    return [to_numpy(next(iterator)) for _ in range(count)]
 
 
 def reference_candidates(seed, epoch_index, batch_index, shape):
@@ -48,6 +58,29 @@ def reference_candidates(seed, epoch_index, batch_index, shape):
         np.random.PCG64(np.random.SeedSequence([seed, epoch_index, batch_index]))
     )
     return rng.standard_normal(shape, dtype=np.float32)
+
+
+def reference_linear(seed, epoch_index, batch_index, images):
+    """The stage's linear-assignment noise for batch (epoch, index), redone.
+
+    numpy draws the candidates from SeedSequence([seed, epoch, index]);
+    scipy's `linear_sum_assignment` on the float64 squared-L2 cost between
+    the normalized images and the candidates picks the permutation.
+    """
+    data = images.astype(np.float64) * 2.0 - 1.0
+    candidates = reference_candidates(
+        seed, epoch_index, batch_index, images.shape
+    )
+    flat_data = data.reshape(len(data), -1)
+    flat_cand = candidates.reshape(len(data), -1).astype(np.float64)
+    cost = np.sum((flat_data[:, None, :] - flat_cand[None]) ** 2, axis=2)
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    np.testing.assert_array_equal(rows, np.arange(len(data)))
+    return candidates[cols]
+
+
+def batches(images):
+    return [images[i : i + BATCH] for i in range(0, len(images), BATCH)]
 
 
 def reference_gain(data, assigned, unassigned):
@@ -60,7 +93,7 @@ def reference_gain(data, assigned, unassigned):
 
 def test_linear_noise_is_the_optimal_permutation(digits):
     images, _ = digits
-    out = epoch(with_assigned_noise(dataset(images), "linear", seed=5))
+    out = epoch(with_assigned_noise(dataset(images), "linear", seed=5, epochs=1))
     assert [len(b["images"]) for b in out] == [16, 16, 8]
     assigner = ki.assignment.LinearAssignment()
     for i, batch in enumerate(out):
@@ -100,7 +133,7 @@ def test_linear_noise_is_the_optimal_permutation(digits):
 
 def test_knn_keeps_the_nearest_candidate(digits):
     images, _ = digits
-    out = epoch(with_assigned_noise(dataset(images), "knn", seed=2))
+    out = epoch(with_assigned_noise(dataset(images), "knn", seed=2, epochs=1))
     k = ki.assignment.KNNSelection().k
     for i, batch in enumerate(out):
         x = images[i * BATCH : (i + 1) * BATCH]
@@ -118,7 +151,7 @@ def test_knn_keeps_the_nearest_candidate(digits):
 
 def test_no_assignment_passes_the_draw_through(digits):
     images, _ = digits
-    out = epoch(with_assigned_noise(dataset(images), None, seed=4))
+    out = epoch(with_assigned_noise(dataset(images), None, seed=4, epochs=1))
     for i, batch in enumerate(out):
         shape = (len(batch["images"]),) + SHAPE
         np.testing.assert_array_equal(
@@ -130,7 +163,9 @@ def test_no_assignment_passes_the_draw_through(digits):
 def test_uint8_images_and_labels(digits):
     images, labels = digits
     images = np.round(images * 255).astype(np.uint8)
-    ds = with_assigned_noise(dataset(images, labels), "linear", seed=9)
+    ds = with_assigned_noise(
+        dataset(images, labels), "linear", seed=9, epochs=1
+    )
     assert set(ds.element_spec) == {
         "images", "labels", "noise", "assignment_gain"
     }
@@ -148,33 +183,69 @@ def test_uint8_images_and_labels(digits):
         np.testing.assert_array_equal(batch["noise"], own)
 
 
-def test_same_seed_same_noise_every_epoch_fresh_noise(digits):
+def test_noise_of_every_epoch_and_batch_is_pinned(digits):
     images, _ = digits
-    first = with_assigned_noise(dataset(images), "linear", seed=1)
-    second = with_assigned_noise(
-        dataset(images), "linear", seed=1, num_parallel_calls=3, prefetch=1
-    )
-    a0, a1 = epoch(first), epoch(first)
-    b0, b1 = epoch(second), epoch(second)
-    for a, b in zip(a0 + a1, b0 + b1):
+    ds = with_assigned_noise(dataset(images), "linear", seed=1, epochs=3)
+    out = epoch(ds)
+    assert len(out) == 9
+    for e in range(3):
+        for b, x in enumerate(batches(images)):
+            element = out[3 * e + b]
+            np.testing.assert_array_equal(element["images"], x)
+            np.testing.assert_array_equal(
+                element["noise"], reference_linear(1, e, b, x)
+            )
+    # Every epoch draws fresh noise, and so does another seed.
+    assert not np.allclose(out[0]["noise"], out[3]["noise"])
+    other = first(with_assigned_noise(dataset(images), "linear", seed=2), 1)
+    assert not np.allclose(out[0]["noise"], other[0]["noise"])
+    # Parallelism and prefetching change nothing.
+    parallel = epoch(with_assigned_noise(
+        dataset(images), "linear", seed=1, epochs=3, num_parallel_calls=3,
+        prefetch=1,
+    ))
+    for a, b in zip(out, parallel):
         np.testing.assert_array_equal(a["noise"], b["noise"])
         np.testing.assert_array_equal(a["assignment_gain"],
                                       b["assignment_gain"])
-    # The second pass draws fresh noise: epoch 1 of the documented seeds.
-    assert not np.allclose(a0[0]["noise"], a1[0]["noise"])
-    columns_free = np.sort(a1[0]["noise"].reshape(BATCH, -1), axis=0)
-    expected = reference_candidates(1, 1, 0, (BATCH,) + SHAPE)
+
+
+def test_noise_does_not_depend_on_how_the_dataset_is_iterated(digits):
+    # The old stage counted iterators as epochs: a look at one batch (as
+    # Keras takes before training) or a `take` moved every later pass on.
+    images, _ = digits
+    ds = with_assigned_noise(dataset(images), "linear", seed=3)
+    assert int(ds.cardinality()) == tf.data.INFINITE_CARDINALITY
+    for _ in range(2):
+        next(iter(ds))
+    list(ds.take(2))
+    # Epoch after epoch in one iterator: element (e, b) has the noise of
+    # (seed, e, b).
+    out = first(ds, 7)
+    xs = batches(images)
+    for n, element in enumerate(out):
+        e, b = divmod(n, 3)
+        np.testing.assert_array_equal(element["images"], xs[b])
+        np.testing.assert_array_equal(
+            element["noise"], reference_linear(3, e, b, xs[b])
+        )
+    # Skipping into the run (a resume in the middle of epoch 1) and
+    # starting at a later epoch land on the same elements.
     np.testing.assert_array_equal(
-        columns_free, np.sort(expected.reshape(BATCH, -1), axis=0)
+        first(ds.skip(4), 1)[0]["noise"], out[4]["noise"]
     )
-    other = epoch(with_assigned_noise(dataset(images), "linear", seed=2))
-    assert not np.allclose(a0[0]["noise"], other[0]["noise"])
+    later = epoch(with_assigned_noise(
+        dataset(images), "linear", seed=3, epochs=3, initial_epoch=1
+    ))
+    assert len(later) == 6
+    for a, b in zip(later, out[3:]):
+        np.testing.assert_array_equal(a["noise"], b["noise"])
 
 
 def test_seed_none_draws_a_random_seed(digits):
     images, _ = digits
-    a = epoch(with_assigned_noise(dataset(images), seed=None))
-    b = epoch(with_assigned_noise(dataset(images), seed=None))
+    a = first(with_assigned_noise(dataset(images), seed=None), 1)
+    b = first(with_assigned_noise(dataset(images), seed=None), 1)
     assert not np.allclose(a[0]["noise"], b[0]["noise"])
 
 
@@ -195,12 +266,20 @@ def test_bad_arguments_get_clear_errors(digits):
         with_assigned_noise(ds, seed=1.5)
     with pytest.raises(ValueError, match="num_parallel_calls"):
         with_assigned_noise(ds, num_parallel_calls=0)
+    with pytest.raises(ValueError, match="epochs"):
+        with_assigned_noise(ds, epochs=2, initial_epoch=2)
+    with pytest.raises(TypeError, match="epochs"):
+        with_assigned_noise(ds, epochs=2.0)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        with_assigned_noise(ds, initial_epoch=-1)
+    with pytest.raises(ValueError, match="empty"):
+        with_assigned_noise(ds.take(0))
     with pytest.raises(ValueError, match="Unknown assignment"):
         with_assigned_noise(ds, assignment="hungarian")
     bad = images.copy()
     bad[3, 2, 2, 0] = np.nan
     with pytest.raises(Exception, match="NaN"):
-        epoch(with_assigned_noise(dataset(bad), seed=0))
+        epoch(with_assigned_noise(dataset(bad), seed=0, epochs=1))
 
 
 class FixedTime(CosineSchedule):
@@ -229,43 +308,70 @@ def scale_network():
     return keras.Model([noisy, level], out)
 
 
-def test_fit_trains_on_the_given_noise(digits):
-    images, _ = digits
-    ds = dataset(images)
+def hand_losses(images, seed, epochs, initial_epoch=0):
+    """Per-epoch logged loss and gain of the fixed `scale_network` model.
+
+    With a zero learning rate the network stays `0.5 * noisy`, so the loss
+    of a batch is `mean((0.5 * (a x + s n) - n)^2)` for its reference noise
+    n; Keras logs the batch-size weighted mean over the epoch, and the
+    assignment gain as the mean of the batches' gains.
+    """
+    a, s = (float(keras.ops.convert_to_numpy(r)) for r in FixedTime()(0.3))
+    losses, gains = [], []
+    for e in range(initial_epoch, epochs):
+        per_batch, sizes, per_gain = [], [], []
+        for b, x in enumerate(batches(images)):
+            data = x.astype(np.float64) * 2.0 - 1.0
+            noise = reference_linear(seed, e, b, x).astype(np.float64)
+            per_batch.append(np.mean((0.5 * (a * data + s * noise) - noise) ** 2))
+            sizes.append(len(x))
+            per_gain.append(reference_gain(
+                data, noise, reference_candidates(seed, e, b, x.shape)
+            ))
+        losses.append(np.average(per_batch, weights=sizes))
+        gains.append(np.mean(per_gain))
+    return np.array(losses), np.array(gains)
+
+
+def fixed_model():
     model = ki.ImmiscibleDiffusion(
         scale_network(), schedule=FixedTime(), assignment=None, seed=0
     )
-    # A zero learning rate keeps the network fixed, so the logged loss is
-    # the mean of the two batches' losses written out by hand.
     model.compile(optimizer=keras.optimizers.SGD(0.0))
-    history = model.fit(
-        with_assigned_noise(ds, "linear", seed=7),
-        epochs=1, steps_per_epoch=2, verbose=0,
-    )
-    # Keras may open an iterator over the dataset before training (to look
-    # at a batch), and every pass draws fresh noise: the fit saw the first
-    # two batches of one of the first passes, exactly.
-    reference = with_assigned_noise(ds, "linear", seed=7)
-    a, s = (float(keras.ops.convert_to_numpy(r)) for r in FixedTime()(0.3))
-    matches = []
-    for _ in range(3):
-        losses, gains = [], []
-        for batch in epoch(reference)[:2]:
-            data = batch["images"].astype(np.float64) * 2.0 - 1.0
-            noise = batch["noise"].astype(np.float64)
-            noisy = a * data + s * noise
-            losses.append(np.mean((0.5 * noisy - noise) ** 2))
-            gains.append(batch["assignment_gain"][0])
-        matches.append(
-            np.isclose(history.history["loss"][0], np.mean(losses), rtol=1e-5)
-            and np.isclose(
-                history.history["assignment_gain"][0], np.mean(gains),
-                rtol=1e-5,
-            )
-        )
-    assert sum(matches) == 1, (history.history, matches)
+    return model
 
-    # And a (small, quick to compile) convolutional network learns from it.
+
+def test_fit_epochs_line_up_with_the_noise_epochs_and_resume(digits):
+    images, _ = digits
+    steps = int(dataset(images).cardinality())
+    history = fixed_model().fit(
+        with_assigned_noise(dataset(images), "linear", seed=7),
+        epochs=3, steps_per_epoch=steps, verbose=0,
+    )
+    losses, gains = hand_losses(images, seed=7, epochs=3)
+    np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-5)
+    np.testing.assert_allclose(history.history["assignment_gain"], gains,
+                               rtol=1e-4)
+    # A run resumed at epoch 1 (a fresh model, a fresh pipeline started at
+    # epoch 1) trains on the noise the uninterrupted run had there.
+    resumed = fixed_model().fit(
+        with_assigned_noise(dataset(images), "linear", seed=7, initial_epoch=1),
+        epochs=3, initial_epoch=1, steps_per_epoch=steps, verbose=0,
+    )
+    np.testing.assert_allclose(resumed.history["loss"], losses[1:], rtol=1e-5)
+    # A finite run of the same epochs fits without `steps_per_epoch`
+    # when it is one epoch long, and knows its length.
+    finite = with_assigned_noise(dataset(images), "linear", seed=7, epochs=1)
+    assert int(finite.cardinality()) == steps
+    history = fixed_model().fit(finite, epochs=1, verbose=0)
+    np.testing.assert_allclose(history.history["loss"], losses[:1], rtol=1e-5)
+    assert int(with_assigned_noise(
+        dataset(images), seed=7, epochs=4, initial_epoch=1
+    ).cardinality()) == 3 * steps
+
+
+def test_a_network_learns_from_the_pipeline_noise(digits):
+    images, _ = digits
     keras.utils.set_random_seed(0)
     noisy = keras.Input(SHAPE)
     level = keras.Input((1, 1, 1))
@@ -277,8 +383,8 @@ def test_fit_trains_on_the_given_noise(digits):
     model.compile(optimizer=keras.optimizers.AdamW(1e-2))
     before = [keras.ops.convert_to_numpy(w) for w in net.trainable_weights]
     history = model.fit(
-        with_assigned_noise(ds.repeat(), seed=0), epochs=3, steps_per_epoch=3,
-        verbose=0,
+        with_assigned_noise(dataset(images), seed=0), epochs=3,
+        steps_per_epoch=3, verbose=0,
     )
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
@@ -287,30 +393,44 @@ def test_fit_trains_on_the_given_noise(digits):
     assert any(not np.allclose(b, c) for b, c in zip(before, after))
 
 
-def test_the_stage_keeps_the_epoch_length(digits):
+@pytest.mark.xfail(
+    keras.backend.backend() == "tensorflow",
+    strict=True,
+    reason="model side pending: ImmiscibleModel.compile warns about, and "
+    "turns XLA off for, its host assigner even when the data brings noise",
+)
+def test_pipeline_noise_needs_no_host_assigner_in_the_model(digits):
+    # The model keeps its default host assigner (LinearAssignment with
+    # scipy); the pipeline brings the noise, so the step never calls that
+    # assigner: no warning about it, and on TensorFlow the step compiles
+    # with XLA when asked to.
     images, _ = digits
-    ds = dataset(images)
-    assigned = with_assigned_noise(ds, "linear", seed=3)
-    assert int(assigned.cardinality()) == int(ds.cardinality()) > 1
-    # Keras sees the epoch's length: a full-epoch fit logs the mean of its
-    # batches' losses (with an unknown length it averaged in one extra,
-    # empty step on TensorFlow).
+    steps = int(dataset(images).cardinality())
     model = ki.ImmiscibleDiffusion(
-        scale_network(), schedule=FixedTime(), assignment=None, seed=0
+        scale_network(), schedule=FixedTime(), seed=0
     )
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
-    history = model.fit(assigned, epochs=1, verbose=0)
-    a, s = (float(keras.ops.convert_to_numpy(r)) for r in FixedTime()(0.3))
-    reference = with_assigned_noise(ds, "linear", seed=3)
-    candidates = []
-    for _ in range(3):
-        losses, sizes = [], []
-        for batch in epoch(reference):
-            data = batch["images"].astype(np.float64) * 2.0 - 1.0
-            noise = batch["noise"].astype(np.float64)
-            losses.append(np.mean((0.5 * (a * data + s * noise) - noise) ** 2))
-            sizes.append(len(data))
-        # Keras weighs each batch's loss by its size (the last is partial).
-        candidates.append(np.average(losses, weights=sizes))
-    assert np.any(np.isclose(history.history["loss"][0], candidates,
-                             rtol=1e-5)), (history.history, candidates)
+    assert model.assigner.on_host
+    jit = keras.backend.backend() == "tensorflow"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit)
+        history = model.fit(
+            with_assigned_noise(dataset(images), "linear", seed=7),
+            epochs=2, steps_per_epoch=steps, verbose=0,
+        )
+    host = [str(w.message) for w in caught if "host" in str(w.message)]
+    assert not host, host
+    if jit:
+        assert model.jit_compile is True
+    losses, _ = hand_losses(images, seed=7, epochs=2)
+    np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-5)
+    # Data without noise still gets the model's assigner, and on
+    # TensorFlow its warning and a step without XLA.
+    model = ki.ImmiscibleDiffusion(
+        scale_network(), schedule=FixedTime(), seed=0
+    )
+    if jit:
+        with pytest.warns(UserWarning, match="host"):
+            model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=True)
+            model.fit(dataset(images), epochs=1, verbose=0)
+        assert model.jit_compile is False

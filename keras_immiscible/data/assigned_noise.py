@@ -66,9 +66,19 @@ def normalize_images(images):
 def batch_rng(seed, epoch, index):
     """The numpy generator of one batch, from (seed, epoch, batch index).
 
-    `with_assigned_noise` draws the candidate noise of batch `index` of the
-    `epoch`-th pass over the dataset (both counted from 0) with
-    `batch_rng(seed, epoch, index).standard_normal(shape, dtype="float32")`.
+    `with_assigned_noise` draws the candidate noise of batch `index` of
+    epoch `epoch` (both counted from 0, the epoch as `fit` numbers it) with
+    `batch_rng(seed, epoch, index).standard_normal(shape, dtype="float32")`,
+    `shape` the assigner's candidate shape (`(batch, ...)` for linear
+    assignment, `(batch, k, ...)` for KNN selection).
+
+    Example:
+
+    ```python
+    noise = batch_rng(0, epoch=3, index=5).standard_normal(
+        (16, 8, 8, 1), dtype="float32"
+    )
+    ```
     """
     return np.random.default_rng(
         np.random.SeedSequence([int(seed), int(epoch), int(index)])
@@ -150,12 +160,42 @@ def _split_element(spec):
     )
 
 
+def _check_epochs(epochs, initial_epoch):
+    if isinstance(initial_epoch, bool) or not isinstance(
+        initial_epoch, numbers.Integral
+    ):
+        raise TypeError(
+            "`initial_epoch` must be a non-negative integer, got "
+            f"{initial_epoch!r}."
+        )
+    if not 0 <= int(initial_epoch) < _MAX_SEED:
+        raise ValueError(
+            "`initial_epoch` must be a non-negative integer, got "
+            f"{initial_epoch!r}."
+        )
+    if epochs is None:
+        return None, int(initial_epoch)
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
+        raise TypeError(
+            f"`epochs` must be None or an integer, got {epochs!r}."
+        )
+    if not initial_epoch < epochs <= _MAX_SEED:
+        raise ValueError(
+            "`epochs` (the index of the epoch to stop before, as in "
+            "`fit(epochs=...)`) must be greater than `initial_epoch` "
+            f"({initial_epoch}), got {epochs!r}."
+        )
+    return int(epochs), int(initial_epoch)
+
+
 def with_assigned_noise(
     dataset,
     assignment="linear",
     seed=None,
     num_parallel_calls=None,
     prefetch=None,
+    epochs=None,
+    initial_epoch=0,
 ):
     """Adds host-side noise assignment to a batched image dataset.
 
@@ -163,23 +203,46 @@ def with_assigned_noise(
     a per-batch seed, normalizes the images exactly like
     `ImmiscibleDiffusion` does (float `[0, 1] -> x * 2 - 1`, uint8
     `x / 255 * 2 - 1`), and pairs noise and images with the assigner's own
-    `assign(data, candidates)`, on the host (`tf.numpy_function`, with the
-    backend's tensors placed on the CPU). The result is prefetched, so the
-    solve for batch n+1 overlaps the training step on batch n: with
-    `assignment="linear"` the exact scipy solver costs the step nothing as
-    long as it is faster than the step.
+    `assign(data, candidates)`, on the host (a `tf.data` `map` with
+    `tf.numpy_function`, the backend's tensors placed on the CPU). The
+    result is prefetched, so the solve for batch n+1 overlaps the training
+    step on batch n: with `assignment="linear"` the exact scipy solver costs
+    the step nothing as long as it is faster than the step.
 
-    Reproducibility: the noise of batch `i` of the `e`-th pass over the
-    returned dataset (both counted from 0) comes from
-    `np.random.SeedSequence([seed, e, i])` (see `batch_rng`), so it does not
-    depend on thread timing (the map runs in parallel but in order), and
-    every epoch gets fresh noise. Two datasets built with the same seed
-    yield the same batches, epoch after epoch.
+    Epochs are part of the returned dataset: it holds the passes over
+    `dataset` for the epochs `initial_epoch, initial_epoch + 1, ...` up to
+    (not including) `epochs`, one after the other, or forever with
+    `epochs=None` (the default). Its element `(e, b)`, batch `b` of epoch
+    `e`, always carries the noise of `(seed, e, b)`: the candidates are
+    `batch_rng(seed, e, b).standard_normal(...)` (`np.random.SeedSequence(
+    [seed, e, b])`), assigned to that element's images. The noise is thus
+    a function of the element's position, not of how many times, or by
+    whom, the dataset was iterated: Keras opening an extra iterator to look
+    at a batch, `take`, thread timing (the map runs in parallel but in
+    order) or a second dataset built with the same arguments change
+    nothing. Fit it with `steps_per_epoch` equal to the number of batches
+    of `dataset`: Keras then keeps one iterator across epochs, so epoch `e`
+    of `fit` trains on the noise of epoch `e`. To resume after epoch `k`,
+    build the stage with `initial_epoch=k` and call `fit(...,
+    initial_epoch=k)`: the noise continues exactly where the uninterrupted
+    run would have been (to resume in the middle of epoch `k`, `.skip(b)`
+    the returned dataset). The images are `dataset`'s own: each epoch
+    iterates `dataset` afresh, so a `shuffle(...,
+    reshuffle_each_iteration=True)` in it reshuffles every epoch, as with
+    `repeat()`.
+
+    Changed: until this version the stage was one pass of `dataset` and
+    counted the iterators opened over it as the epoch, so that
+    `fit(ds, epochs=N)` worked without `steps_per_epoch`, but any extra
+    iterator (Keras peeking at a batch, `take`, a resumed run) shifted or
+    replayed the noise. Now the stage repeats unless `epochs` is given;
+    pass `steps_per_epoch` to `fit`.
 
     Args:
         dataset: a batched `tf.data.Dataset` of `images` or
             `(images, labels)`, images as float in [0, 1] or uint8 in
-            [0, 255], shape (batch, ...).
+            [0, 255], shape (batch, ...). A dataset that repeats forever is
+            one endless epoch, `initial_epoch`.
         assignment: the assigner: `"linear"` (exact `LinearAssignment()` with
             scipy, the default), `"knn"`, `None`, a config dict or a
             `keras_immiscible.assignment.NoiseAssigner`
@@ -190,6 +253,12 @@ def with_assigned_noise(
             `num_parallel_calls`); default `tf.data.AUTOTUNE`.
         prefetch: batches kept ready ahead of the training step; default
             `tf.data.AUTOTUNE`.
+        epochs: `None` (default: repeat forever) or the epoch to stop
+            before, as `fit`'s `epochs`: the dataset then holds
+            `epochs - initial_epoch` passes over `dataset` (and knows its
+            length when `dataset` does).
+        initial_epoch: the first epoch (default 0), as `fit`'s
+            `initial_epoch`.
 
     Returns:
         A `tf.data.Dataset` of dicts: `"images"` (unchanged, same dtype),
@@ -207,14 +276,18 @@ def with_assigned_noise(
 
     images = ki.data.load_digits()
     ds = tf.data.Dataset.from_tensor_slices(images).shuffle(2048).batch(128)
-    ds = ki.data.with_assigned_noise(ds, assignment="linear", seed=0)
+    steps = int(ds.cardinality())
+    pipeline = ki.data.with_assigned_noise(ds, assignment="linear", seed=0)
     # The batches bring their noise, so the model needs no assigner of its
     # own (and on TensorFlow its step then compiles with XLA).
     model = ki.ImmiscibleDiffusion(
         ki.layers.UNet(image_shape=(8, 8, 1)), assignment=None
     )
     model.compile(optimizer="adamw")
-    model.fit(ds, epochs=2)
+    model.fit(pipeline, epochs=2, steps_per_epoch=steps)
+    # Later, resume at epoch 2 with the noise the run would have had:
+    pipeline = ki.data.with_assigned_noise(ds, seed=0, initial_epoch=2)
+    model.fit(pipeline, epochs=4, initial_epoch=2, steps_per_epoch=steps)
     ```
     """
     import tensorflow as tf
@@ -246,24 +319,31 @@ def with_assigned_noise(
     seed = _check_seed(seed)
     num_parallel_calls = _check_count(num_parallel_calls, "num_parallel_calls")
     prefetch = _check_count(prefetch, "prefetch")
+    epochs, initial_epoch = _check_epochs(epochs, initial_epoch)
     if num_parallel_calls is None:
         num_parallel_calls = tf.data.AUTOTUNE
     if prefetch is None:
         prefetch = tf.data.AUTOTUNE
+    cardinality = int(dataset.cardinality())
+    if cardinality == 0:
+        raise ValueError("`dataset` is empty: it has no batch to assign.")
     host = _HostAssigner(assigner, seed)
 
-    # The epoch number: `from_generator` calls its generator once per pass
-    # over the dataset, so each pass reads the next count, repeated for all
-    # of its batches.
-    passes = iter(range(_MAX_SEED))
-    epoch = tf.data.Dataset.from_generator(
-        lambda: iter([next(passes)]),
-        output_signature=tf.TensorSpec((), tf.int64),
-    ).flat_map(lambda e: tf.data.Dataset.from_tensors(e).repeat())
-    keyed = tf.data.Dataset.zip((epoch, dataset.enumerate()))
+    # Element (e, b): every epoch is a fresh pass over `dataset`, its
+    # batches numbered from 0, tagged with the epoch number e.
+    if epochs is None:
+        epoch_numbers = tf.data.Dataset.counter(start=initial_epoch)
+    else:
+        epoch_numbers = tf.data.Dataset.range(initial_epoch, epochs)
 
-    def assign(epoch, indexed):
-        index, element = indexed
+    def one_epoch(epoch):
+        return dataset.enumerate().map(
+            lambda index, element: (epoch, index, element)
+        )
+
+    keyed = epoch_numbers.flat_map(one_epoch)
+
+    def assign(epoch, index, element):
         images = element[0] if has_labels else element
         noise, gain = tf.numpy_function(
             host,
@@ -282,12 +362,14 @@ def with_assigned_noise(
     assigned = keyed.map(
         assign, num_parallel_calls=num_parallel_calls, deterministic=True
     )
-    # Zipping with the (generator-made) epoch counter hides the input's
-    # length from tf.data; restore it so that `fit` knows the epoch's size
-    # (otherwise Keras logs the first epoch over one step too many).
-    cardinality = int(dataset.cardinality())
-    if cardinality >= 0:
-        assigned = assigned.apply(
-            tf.data.experimental.assert_cardinality(cardinality)
-        )
+    # `flat_map` hides the length from tf.data; restore it, so that Keras
+    # knows the size of a finite run (and sees an endless one as such).
+    if epochs is None or cardinality == tf.data.INFINITE_CARDINALITY:
+        total = tf.data.INFINITE_CARDINALITY
+    elif cardinality > 0:
+        total = (epochs - initial_epoch) * cardinality
+    else:
+        total = None
+    if total is not None:
+        assigned = assigned.apply(tf.data.experimental.assert_cardinality(total))
     return assigned.prefetch(prefetch)
