@@ -287,7 +287,9 @@ def test_every_n_epochs_and_tensorboard(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["g_02.png", "tb"]
     with Image.open(tmp_path / "g_02.png") as png:  # 5 images: 2 rows of 3
         assert png.size == (3 * 4 + 4, 2 * 4 + 3)
-    assert len(history.history["val_kid"]) == 1 and list(evaluation.history) == [1]
+    # The skipped epochs log NaN (see test_every_n_epochs_keeps_csv_columns).
+    assert len(history.history["val_kid"]) == 3 and list(evaluation.history) == [1]
+    assert history.history["val_kid"][1] == evaluation.history[1]["kid"]
     try:
         import tensorflow as tf
     except ImportError:
@@ -309,6 +311,56 @@ def test_every_n_epochs_and_tensorboard(tmp_path):
     decoded = tf.io.decode_png(png).numpy()
     with Image.open(tmp_path / "g_02.png") as written:
         np.testing.assert_array_equal(decoded[..., 0], np.asarray(written))
+
+
+def test_every_n_epochs_keeps_csv_columns(tmp_path):
+    # CSVLogger fixes its columns from the first epoch's logs: the epochs
+    # GenerativeEvaluation skips must log the keys too (NaN), or the val_
+    # columns are lost.
+    real = training_images(12, seed=3)
+    model = make_model()
+    evaluation = callbacks.GenerativeEvaluation(
+        real, metrics="kid", every_n_epochs=2, num_images=12, batch_size=12,
+        feature_extractor=lambda x: x.reshape(len(x), -1), subset_size=1000,
+        verbose=0,
+    )
+    csv_path = tmp_path / "log.csv"
+    history = model.fit(
+        training_images(), batch_size=16, epochs=4, verbose=0,
+        callbacks=[evaluation, keras.callbacks.CSVLogger(str(csv_path))],
+    )
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert "val_kid" in rows[0] and [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    kids = [float(r["val_kid"]) for r in rows]
+    assert np.isnan(kids[0]) and np.isnan(kids[2])
+    # The evaluated epochs (1 and 3) hold KID of that epoch's samples, by
+    # hand (identity features, both sets whole: one subset).
+    assert [c["num_images"] for c in model.generate_calls] == [12, 12]
+    flat_real = real.reshape(12, -1).astype("float64")
+    for epoch, call in zip((1, 3), model.generate_calls):
+        expected = reference_mmd2(
+            flat_real, call["images"].reshape(12, -1).astype("float64")
+        )
+        np.testing.assert_allclose(kids[epoch], expected, rtol=1e-3)
+        assert kids[epoch] == evaluation.history[epoch]["kid"]
+    assert kids[1] != kids[3]
+    np.testing.assert_array_equal(history.history["val_kid"], kids)
+
+    # skipped_value=None: the skipped epochs log nothing (and CSVLogger,
+    # fixed at epoch 0, then has no val_kid column).
+    evaluation = callbacks.GenerativeEvaluation(
+        real, metrics="kid", every_n_epochs=2, num_images=12, batch_size=12,
+        feature_extractor=lambda x: x.reshape(len(x), -1), subset_size=1000,
+        verbose=0, skipped_value=None,
+    )
+    history = make_model().fit(
+        training_images(), batch_size=16, epochs=2, verbose=0,
+        callbacks=[evaluation],
+    )
+    assert history.history["val_kid"] == [evaluation.history[1]["kid"]]
+    with pytest.raises(TypeError, match="skipped_value"):
+        callbacks.GenerativeEvaluation(real, skipped_value="nan")
 
 
 def test_png_grid_writer_round_trip(tmp_path):

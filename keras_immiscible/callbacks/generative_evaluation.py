@@ -31,13 +31,19 @@ class GenerativeEvaluation(keras.callbacks.Callback):
     is better for both). Also put it before `SwapEMAWeights`, or pass `use_ema=False` if
     it comes after `SwapEMAWeights(swap_on_epoch=True)` (see `ema_weights`).
 
-    Epochs without evaluation (`every_n_epochs > 1`) leave the keys out of
-    `logs`: `EarlyStopping`'s patience then counts evaluations and
-    `ModelCheckpoint` skips those epochs (with a warning). `CSVLogger` fixes
-    its columns at the first epoch, so with `every_n_epochs > 1` it has no
-    `val_*` column for these metrics; read them from the `History`
-    (`model.history.history["val_fid"]` holds one value per evaluation) or
-    from `self.history` (`{epoch: {name: value}}`).
+    Epochs without evaluation (`every_n_epochs > 1`) get NaN for these keys
+    (`skipped_value`), so that every epoch's `logs` have the same keys:
+    `CSVLogger`, which fixes its columns at the first epoch, keeps the
+    `val_*` columns (NaN on the skipped epochs), and
+    `model.history.history["val_fid"]` has one entry per epoch. A NaN never
+    counts as an improvement: `ModelCheckpoint(save_best_only=True)` skips
+    those epochs, and the patience of `EarlyStopping` and
+    `ReduceLROnPlateau` counts epochs, evaluated or not (so give them a
+    patience of at least `every_n_epochs`). `skipped_value=None` leaves the
+    keys out of those epochs' `logs` instead: the patience then counts
+    evaluations, but `CSVLogger` loses the columns when the first epoch has
+    none. `self.history` (`{epoch: {name: value}}`) holds the evaluations
+    only.
 
     Args:
         real_images: real data: (N, H, W, C) array, `tf.data.Dataset` or
@@ -54,6 +60,9 @@ class GenerativeEvaluation(keras.callbacks.Callback):
             names (`None`: Inception-V3; `"digits"`; a model or callable).
         use_ema: load the EMA weights while generating (see above).
         generate_kwargs: extra keyword arguments for `model.generate`.
+        skipped_value: what the epochs without evaluation log for each
+            metric: NaN (the default), another float, or `None` to log
+            nothing.
         verbose: 1 shows a `keras.utils.Progbar` while extracting real
             features and while generating, 0 is silent.
         **kid_kwargs: options of `KID` built from `"kid"` (`subset_size`,
@@ -88,6 +97,7 @@ class GenerativeEvaluation(keras.callbacks.Callback):
         use_ema=True,
         generate_kwargs=None,
         verbose=1,
+        skipped_value=float("nan"),
         **kid_kwargs,
     ):
         super().__init__()
@@ -98,6 +108,15 @@ class GenerativeEvaluation(keras.callbacks.Callback):
         ):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
+        if skipped_value is not None:
+            if isinstance(skipped_value, bool) or not isinstance(
+                skipped_value, (int, float, np.integer, np.floating)
+            ):
+                raise TypeError(
+                    "`skipped_value` must be a float (NaN by default) or "
+                    f"None, got {skipped_value!r}."
+                )
+            skipped_value = float(skipped_value)
         if real_images is None:
             raise TypeError("`real_images` must be given (an array or a dataset).")
         self.real_images = real_images
@@ -117,6 +136,7 @@ class GenerativeEvaluation(keras.callbacks.Callback):
         self.use_ema = use_ema
         self.generate_kwargs = dict(generate_kwargs or {})
         self.verbose = verbose
+        self.skipped_value = skipped_value
         self.history = {}
         self._real_done = False
 
@@ -157,6 +177,11 @@ class GenerativeEvaluation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
+            # Same keys every epoch (CSVLogger fixes its columns at the
+            # first one).
+            if logs is not None and self.skipped_value is not None:
+                for metric in self.metrics:
+                    logs.setdefault("val_" + metric.name, self.skipped_value)
             return
         results = self.evaluate()
         self.history[epoch] = results
