@@ -356,6 +356,7 @@ def _fixed_loss(model, images):
     return float(np.mean(losses))
 
 
+@pytest.mark.filterwarnings("ignore:This fit ends at training step")
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])
 def test_training_lowers_the_loss_and_advances_the_curriculum(
     digits, assignment
@@ -395,6 +396,36 @@ def test_training_lowers_the_loss_and_advances_the_curriculum(
     assert samples.std() > 0.01
 
 
+def curriculum_warnings(record):
+    return [w for w in record if "This fit ends" in str(w.message)]
+
+
+def test_fit_warns_when_the_curriculum_is_paced_for_another_run(digits):
+    import warnings
+
+    model = make_model(None, total_training_steps=8)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        # Ends at step 4, then 8: within 2x of K = 8, no warning.
+        model.fit(digits[:64], batch_size=16, epochs=1, verbose=0)
+        model.fit(digits[:64], batch_size=16, epochs=1, verbose=0)
+        assert curriculum_warnings(record) == []
+        # Ends at step 8 + 3 * 4 = 20 > 2 K: most of it at the final levels.
+        model.fit(digits[:64], batch_size=16, epochs=3, verbose=0)
+        found = curriculum_warnings(record)
+        assert len(found) == 1
+        assert "step 20" in str(found[0].message)
+        assert "total_training_steps=20" in str(found[0].message)
+        assert found[0].filename == __file__  # points at the user's fit
+        # Once per model.
+        model.fit(digits[:64], batch_size=16, epochs=3, verbose=0)
+        assert len(curriculum_warnings(record)) == 1
+    # The paper's default K on a 4-step run: warned, with the levels reached.
+    short = make_model(None, total_training_steps=400_000)
+    with pytest.warns(UserWarning, match=r"reaches 11 of 1281 noise levels"):
+        short.fit(digits[:64], batch_size=16, epochs=1, verbose=0)
+
+
 def _train_short(digits, seed):
     """A model with every constructor argument off its default, trained for
     13 steps in two `fit` calls on a fast curriculum."""
@@ -417,6 +448,7 @@ def _train_short(digits, seed):
     return model
 
 
+@pytest.mark.filterwarnings("ignore:This fit ends at training step")
 def test_same_seed_and_save_load_round_trip(digits, tmp_path):
     model = _train_short(digits, seed=2)
     samples = model.generate(4, seed=0)  # 3 steps: the sampler's sigmas

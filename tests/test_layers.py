@@ -479,12 +479,25 @@ def test_unet_structure(unet, class_unet):
     assert class_unet.get_layer("class_embedding").input_dim == 11
 
 
-def test_untrained_unet_outputs_zeros(unet, class_unet):
-    out = _np(unet(_unet_inputs()))
-    assert out.shape == (3,) + IMAGE_SHAPE
-    np.testing.assert_array_equal(out, np.zeros_like(out))
-    out = _np(class_unet(_unet_inputs(labels=True)))
-    np.testing.assert_array_equal(out, np.zeros_like(out))
+def test_unet_starts_at_zero_through_its_output_layer(unet, class_unet):
+    # The UNet starts as the zero function (the keras.io DDIM recipe) only
+    # because its last 1x1 convolution starts at zero: the features reaching
+    # it are not, so one gradient step moves the output.
+    for model, labels in ((unet, False), (class_unet, True)):
+        output_conv = model.get_layer("output_conv")
+        assert not _np(output_conv.kernel).any()
+        assert not _np(output_conv.bias).any()
+        features = keras.Model(model.inputs, output_conv.input)
+        hidden = _np(features(_unet_inputs(labels=labels)))
+        assert hidden.shape == (3,) + IMAGE_SHAPE[:2] + (16,)
+        assert hidden.std() > 1e-2
+        # Each output channel is the projection of those features.
+        with _randomized(model, seed=4):
+            out = _np(model(_unet_inputs(labels=labels)))
+            hidden = _np(features(_unet_inputs(labels=labels)))
+            kernel = _np(output_conv.kernel)[0, 0]
+            bias = _np(output_conv.bias)
+        np.testing.assert_allclose(out, hidden @ kernel + bias, atol=1e-4)
 
 
 def test_unet_conditions_on_noise_level_and_labels(class_unet):
@@ -525,9 +538,18 @@ def test_unet_larger_image():
     assert model.get_layer("down_block_2").attention
     assert model.get_layer("up_block_0").attention
     assert not model.get_layer("down_block_0").attention
-    x = np.ones((2, 32, 32, 3), "float32")
-    out = model.predict([x, np.full((2, 1, 1, 1), 0.5, "float32")], verbose=0)
-    np.testing.assert_array_equal(out, np.zeros((2, 32, 32, 3)))
+    x = np.random.default_rng(5).normal(size=(2, 32, 32, 3)).astype("float32")
+    level = np.full((2, 1, 1, 1), 0.5, "float32")
+    with _randomized(model, seed=5):
+        out = _np(model([x, level]))
+        # The network mixes space: changing one corner pixel changes the
+        # output far from it (through the down/up path and attention).
+        x2 = x.copy()
+        x2[:, 0, 0, :] += 1.0
+        moved = _np(model([x2, level]))
+    assert out.shape == (2, 32, 32, 3) and np.all(np.isfinite(out))
+    assert np.abs(out).mean() > 1e-3
+    assert np.abs(moved - out)[:, 24:, 24:, :].max() > 1e-5
 
 
 @pytest.mark.parametrize(

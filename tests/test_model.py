@@ -128,18 +128,51 @@ def test_prediction_conversions_are_exact(prediction):
         )
 
 
-def test_velocity_conversion_on_a_non_variance_preserving_path():
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v", "velocity"])
+def test_conversions_are_exact_on_a_non_variance_preserving_path(prediction):
+    # The straight path x_t = (1 - t) x0 + t eps has a^2 + b^2 < 1 inside
+    # (0, 1): a conversion that assumes a variance-preserving schedule is off
+    # by that factor (0.5 at t = 0.5).
     rng = np.random.default_rng(2)
     data, noise = rng.standard_normal((2, 5, 4)).astype("float32")
     t = rng.uniform(0.05, 0.95, (5, 1)).astype("float32")
-    noisy = (1 - t) * data + t * noise
+    a, b = 1 - t, t
+    noisy = a * data + b * noise
+    output = {
+        "epsilon": noise,
+        "x0": data,
+        "v": a * noise - b * data,
+        "velocity": noise - data,
+    }[prediction]
     pred_noise, pred_data = ki.models.predictions.split(
-        "velocity", noise - data, noisy, 1 - t, t
+        prediction, output, noisy, a, b
     )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data,
-                               atol=1e-5)
+                               atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise,
-                               atol=1e-5)
+                               atol=1e-4)
+
+
+def test_v_prediction_model_on_the_straight_path(digits):
+    # The model-level path: the v-target a diffusion model trains on under
+    # LinearInterpolation converts back to the batch's data and noise.
+    images = digits[:4]
+    data = images * 2.0 - 1.0
+    noise = np.random.default_rng(4).standard_normal(images.shape)
+    noise = noise.astype("float32")
+    model = ki.ImmiscibleDiffusion(
+        tiny_unet(), schedule="linear_interpolation", prediction="v"
+    )
+    t = np.array([0.2, 0.4, 0.6, 0.8], "float32")
+    a, s = (keras.ops.convert_to_numpy(r) for r in model._rates(t))
+    np.testing.assert_allclose(a + s, 1.0, atol=1e-6)
+    noisy = a * data + s * noise
+    target = model.training_target(data, noise, a, s)
+    pred_noise, pred_data = model.split_prediction(target, noisy, a, s)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data,
+                               atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise,
+                               atol=1e-4)
 
 
 def test_dict_batches_bring_their_own_noise(digits):
@@ -177,6 +210,37 @@ FAMILIES = {
 }
 
 
+class RecordingLinearAssignment(ki.assignment.LinearAssignment):
+    """Linear assignment that records the dtypes it computes the cost in."""
+
+    dtypes = []
+
+    def __call__(self, data, seed=None, return_change=False):
+        outputs = super().__call__(data, seed=seed, return_change=return_change)
+        noise = outputs[0] if return_change else outputs
+        self.dtypes.append(
+            (keras.backend.standardize_dtype(data.dtype),
+             keras.backend.standardize_dtype(noise.dtype))
+        )
+        return outputs
+
+
+def randomize_zero_kernels(network, seed):
+    """Gives the zero-initialised layers (the UNet's output) random weights.
+
+    With the output layer at zero every precision outputs exactly 0 and a
+    comparison of losses only compares noise draws.
+    """
+    rng = np.random.default_rng(seed)
+    changed = 0
+    for weight in network.weights:
+        value = keras.ops.convert_to_numpy(weight)
+        if "kernel" in weight.path and not value.any():
+            weight.assign(0.2 * rng.standard_normal(value.shape))
+            changed += 1
+    assert changed, "no zero-initialised kernel found"
+
+
 @pytest.mark.parametrize(
     "family, policy",
     [
@@ -189,29 +253,70 @@ FAMILIES = {
 def test_mixed_precision(digits, family, policy):
     images = digits[:32]
     previous = keras.config.dtype_policy()
-    losses = {}
+    losses, outputs = {}, {}
     try:
         for name in ("float32", policy):
             keras.config.set_dtype_policy(name)
             keras.utils.set_random_seed(5)
-            model = FAMILIES[family](tiny_unet(), assignment="linear", seed=5)
+            RecordingLinearAssignment.dtypes = []
+            model = FAMILIES[family](
+                tiny_unet(), assignment=RecordingLinearAssignment(), seed=5
+            )
+            randomize_zero_kernels(model.network, seed=5)
             model.compile(optimizer=keras.optimizers.AdamW(3e-3))
             losses[name] = float(keras.ops.convert_to_numpy(
                 model.compute_loss(x=images, training=False)
             ))
+            level = np.full((4, 1, 1, 1), 0.5, "float32")
+            outputs[name] = keras.ops.convert_to_numpy(
+                keras.ops.cast(model.network([images[:4] * 2 - 1, level]),
+                               "float32")
+            )
+            # The cost of the assignment is computed in float32 under every
+            # policy: data and noise reach the solver as float32.
+            assert RecordingLinearAssignment.dtypes == [("float32", "float32")]
         assert model.network.compute_dtype == policy.split("_")[1]
         history = model.fit(images, batch_size=16, epochs=1, verbose=0)
+        assert all(d == ("float32", "float32")
+                   for d in RecordingLinearAssignment.dtypes)
         samples = model.generate(4, steps=3, seed=0)
     finally:
         keras.config.set_dtype_policy(previous)
-    # Same weights, same assigned noise: the loss differs only by the
-    # network's rounding in half precision.
+    # A network that outputs something: the comparison below is not 0 vs 0.
+    assert np.abs(outputs["float32"]).mean() > 0.05
+    # Same weights, same assigned noise: the outputs and the loss differ only
+    # by the network's rounding in half precision.
+    np.testing.assert_allclose(outputs[policy], outputs["float32"],
+                               atol=0.05 * np.abs(outputs["float32"]).max())
     np.testing.assert_allclose(losses[policy], losses["float32"], rtol=0.03)
     assert np.isfinite(history.history["loss"][0])
     assert history.history["assignment_gain"][0] > 0.01
     assert samples.dtype == np.float32
     assert np.isfinite(samples).all()
     assert 0.0 <= samples.min() and samples.max() <= 1.0
+
+
+def test_second_fit_with_mixed_float16_and_ema(digits):
+    # Keras wraps the optimizer in a LossScaleOptimizer under mixed_float16;
+    # on JAX the EMA write-back at the end of `fit` then left variables
+    # sharing buffers, and the second `fit` failed ("donate the same buffer
+    # twice").
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        keras.utils.set_random_seed(6)
+        model = ki.ImmiscibleDiffusion(tiny_unet(), assignment=None, seed=6)
+        model.compile(optimizer=keras.optimizers.AdamW(3e-3, use_ema=True))
+        assert hasattr(model.optimizer, "inner_optimizer")
+        model.fit(digits[:32], batch_size=16, epochs=1, verbose=0)
+        first = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+        history = model.fit(digits[:32], batch_size=16, epochs=1, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert np.isfinite(history.history["loss"][0])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4
+    second = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))
 
 
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])
@@ -354,22 +459,195 @@ def test_fit_with_a_torch_dataloader(digits):
     assert not [w for w in caught if "shuffle" in str(w.message)]
 
 
+def labelled_half_network(num_classes=3):
+    """`0.5 * noisy + table[label]`, with a known table (row c is 0.3 c)."""
+    noisy = keras.Input(SHAPE)
+    level = keras.Input((1, 1, 1))
+    labels = keras.Input((), dtype="int32")
+    table = np.arange(num_classes + 1, dtype="float32")[:, None] * 0.3
+    embedded = keras.layers.Embedding(
+        num_classes + 1, 1,
+        embeddings_initializer=keras.initializers.Constant(table),
+    )(labels)
+    offset = keras.layers.Reshape((1, 1, 1))(embedded)
+    out = keras.layers.Add()([
+        keras.layers.Rescaling(0.5)(noisy),
+        keras.layers.Rescaling(0.0)(level),
+        offset,
+    ])
+    return keras.Model([noisy, level, labels], out), table
+
+
+class RecordingNoise(ki.assignment.LinearAssignment):
+    """Linear assignment that keeps the noise it assigned (eager calls)."""
+
+    def __call__(self, data, seed=None, return_change=False):
+        outputs = super().__call__(data, seed=seed, return_change=return_change)
+        self.noise = keras.ops.convert_to_numpy(outputs[0])
+        return outputs
+
+
+def test_labels_stay_with_their_images_under_linear_assignment(digits):
+    images, labels = ki.data.load_digits(return_labels=True)
+    images, labels = images[:16], labels[:16] % 3
+    network, table = labelled_half_network()
+    assigner = RecordingNoise()
+    model = ki.ImmiscibleDiffusion(
+        network, schedule=FixedTime(), assignment=assigner,
+        prediction="epsilon", seed=0,
+    )
+    loss = keras.ops.convert_to_numpy(
+        model.compute_loss(x=images, y=labels)
+    )
+    noise = assigner.noise
+    data = images * 2.0 - 1.0
+    # The assignment permuted the noise (not the identity pairing) ...
+    assert not np.allclose(
+        noise, np.random.default_rng(0).standard_normal(noise.shape)
+    )
+    a, s = (keras.ops.convert_to_numpy(r) for r in FixedTime()(0.3))
+    def expected(with_labels):
+        offset = table[with_labels].reshape(-1, 1, 1, 1)
+        return np.mean((0.5 * (a * data + s * noise) + offset - noise) ** 2)
+    # ... and each image's label reached the network with that image.
+    np.testing.assert_allclose(loss, expected(labels), rtol=1e-5)
+    assert abs(expected(labels) - expected(np.roll(labels, 1))) > 1e-3
+
+
 def test_class_conditional_network(digits):
     tf = pytest.importorskip("tensorflow")
     images, labels = ki.data.load_digits(return_labels=True)
-    model = ki.ImmiscibleDiffusion(tiny_unet(num_classes=10), assignment="knn")
-    model.compile(optimizer="adamw")
-    model.fit(images[:64], labels[:64], batch_size=32, epochs=1, verbose=0)
+    keras.utils.set_random_seed(0)
+    model = ki.ImmiscibleDiffusion(
+        tiny_unet(num_classes=10), assignment="knn", seed=0
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3))
+    model.fit(images[:256], labels[:256], batch_size=32, epochs=2, verbose=0)
     dataset = tf.data.Dataset.from_tensor_slices(
         (images[:64], labels[:64])
     ).batch(32)
     model.fit(dataset, epochs=1, verbose=0)
-    samples = model.generate(2, steps=2, seed=0, labels=[3, 4])
-    assert samples.shape == (2,) + SHAPE
+    threes = model.generate(4, steps=4, seed=0, labels=[3] * 4)
+    fours = model.generate(4, steps=4, seed=0, labels=[4] * 4)
+    assert threes.shape == (4,) + SHAPE
+    # Same noise, different labels: a model that ignored its labels would
+    # give identical images.
+    assert np.abs(threes - fours).mean() > 1e-4
+    np.testing.assert_array_equal(
+        threes, model.generate(4, steps=4, seed=0, labels=[3] * 4)
+    )
     with pytest.raises(ValueError, match="labels"):
         model.generate(2, steps=2, seed=0)
     with pytest.raises(ValueError, match="labels"):
         model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+
+
+def test_out_of_range_labels_get_clear_errors(digits):
+    tf = pytest.importorskip("tensorflow")
+    images, labels = ki.data.load_digits(return_labels=True)
+    images, labels = images[:32], labels[:32].copy()
+    model = ki.ImmiscibleDiffusion(tiny_unet(num_classes=10), assignment=None)
+    model.compile(optimizer="adamw")
+    # The UNet embeds 10 classes and the null label 10: [0, 10] is valid.
+    assert model.label_limit == 11
+    for bad in (-1, 11):
+        wrong = labels.copy()
+        wrong[5] = bad
+        with pytest.raises(ValueError, match=r"\[0, 10\]"):
+            model.fit(images, wrong, batch_size=16, verbose=0)
+        with pytest.raises(ValueError, match=r"\[0, 10\]"):
+            model.fit((images, wrong), batch_size=16, verbose=0)
+        with pytest.raises(ValueError, match=r"\[0, 10\]"):
+            model.generate(2, steps=1, labels=[3, bad])
+        dataset = tf.data.Dataset.from_tensor_slices((images, wrong)).batch(16)
+        with pytest.raises(Exception, match=r"\[0, 10\]"):
+            model.fit(dataset, verbose=0)
+        with pytest.raises(ValueError, match=r"\[0, 10\]"):
+            model.compute_loss(x=images[:8], y=keras.ops.convert_to_tensor(
+                wrong[:8]))
+    with pytest.raises(ValueError, match="integer"):
+        model.generate(2, steps=1, labels=[1.5, 2.0])
+
+
+def test_sample_weight_weights_the_per_sample_losses(digits):
+    images = digits[:4]
+    noise = np.random.default_rng(3).standard_normal(images.shape)
+    noise = noise.astype("float32")
+    model = ki.ImmiscibleDiffusion(
+        half_network(), schedule=FixedTime(), assignment=FixedNoise(noise),
+    )
+    weights = np.array([1.0, 0.0, 2.0, 0.5], "float32")
+    loss = keras.ops.convert_to_numpy(
+        model.compute_loss(x=images, sample_weight=weights)
+    )
+    a, s = (keras.ops.convert_to_numpy(r) for r in FixedTime()(0.3))
+    noisy = a * (images * 2.0 - 1.0) + s * noise
+    per_image = np.mean((0.5 * noisy - noise) ** 2, axis=(1, 2, 3))
+    # Keras' reduction of weighted losses: sum(w_i l_i) / B.
+    np.testing.assert_allclose(loss, np.sum(weights * per_image) / 4,
+                               rtol=1e-5)
+    assert abs(loss - per_image.mean()) > 1e-3 * per_image.mean()
+    with pytest.raises(ValueError, match="sample_weight"):
+        model.compute_loss(x=images, sample_weight=np.ones((4, 2), "float32"))
+
+
+def test_fit_honours_sample_weight(digits):
+    trained = []
+    for weights in (np.ones(32, "float32"), np.r_[np.ones(16), np.zeros(16)]):
+        model = make_model(None, seed=4)
+        model.fit(digits[:32], sample_weight=weights.astype("float32"),
+                  batch_size=32, epochs=3, verbose=0, shuffle=False)
+        trained.append(np.concatenate([
+            keras.ops.convert_to_numpy(w).ravel()
+            for w in model.network.trainable_weights
+        ]))
+    # Same seed, data and noise: only the weights differ, so a model that
+    # ignored them would train to identical weights.
+    assert np.abs(trained[0] - trained[1]).max() > 1e-4
+
+
+def test_model_call_and_predict_point_to_generate(digits):
+    model = make_model(None)
+    model.fit(digits[:32], batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="generate"):
+        model(digits[:4])
+    with pytest.raises(TypeError, match="generate"):
+        model.predict(digits[:4], verbose=0)
+    with pytest.raises(TypeError, match="generate"):
+        model.predict_on_batch(digits[:4])
+    # Keras' own train and test steps still work.
+    assert np.all(np.isfinite(
+        model.evaluate(digits[:32], batch_size=16, verbose=0)
+    ))
+    assert np.all(np.isfinite(model.train_on_batch(digits[:16])))
+    assert np.all(np.isfinite(model.test_on_batch(digits[:16])))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_generate_does_not_depend_on_batch_size(digits, sampler):
+    model = make_model(None, seed=5)
+    model.fit(digits[:64], batch_size=32, epochs=1, verbose=0)
+    kwargs = dict(steps=3, seed=11, sampler=sampler)
+    if sampler == "euler":
+        model = ki.ImmiscibleDiffusion(
+            model.network, schedule="linear_interpolation",
+            prediction="velocity", assignment=None,
+        )
+    whole = model.generate(6, **kwargs)
+    for batch_size in (1, 4, 6, 100):
+        np.testing.assert_allclose(
+            model.generate(6, batch_size=batch_size, **kwargs), whole,
+            atol=1e-5,
+        )
+    # The seed still matters, and image i is the same image in any chunk.
+    assert not np.allclose(model.generate(6, steps=3, seed=12,
+                                          sampler=sampler), whole)
+    np.testing.assert_allclose(model.generate(2, **kwargs), whole[:2],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.generate(6, batch_size=0, **kwargs)
+    with pytest.raises(ValueError, match="seed"):
+        model.generate(6, steps=3, seed=-1)
 
 
 def test_bad_input_gets_clear_errors(digits):

@@ -1,6 +1,8 @@
 """`ImmiscibleConsistency`: improved consistency training, assigned noise."""
 
 import math
+import sys
+import warnings
 
 import keras
 import numpy as np
@@ -289,7 +291,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
         return c_skip * noisy + c_out * ops.cast(output, "float32")
 
     def noise_loss(self, data, noise, labels=None, training=True):
-        """iCT loss of `data` in [-1, 1] with its assigned `noise`."""
+        """Per-sample iCT losses (B,) of `data` in [-1, 1] and its `noise`."""
         num_levels = self.num_levels()
         index = self.sample_index(ops.shape(data)[0], num_levels)
         sigma = self.sigmas(index, num_levels)
@@ -313,10 +315,57 @@ class ImmiscibleConsistency(ImmiscibleModel):
         else:
             axes = tuple(range(1, len(self.image_shape) + 1))
             distance = ops.mean(ops.square(student - target), axis=axes)
-        loss = ops.mean(cm.loss_weight(sigma, sigma_next) * distance)
+        loss = cm.loss_weight(sigma, sigma_next) * distance
         if training:
             self.training_steps.assign_add(1)
         return loss
+
+    # -------------------------------------------------------------- training
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Trains the model; takes the arguments of `keras.Model.fit`.
+
+        Warns (`UserWarning`) when the step this `fit` ends at and
+        `total_training_steps` differ by more than 2x: the curriculum is then
+        paced for a different run (too few levels at the end of a short run,
+        or most of a long run at the final levels).
+        """
+        # `callbacks` is `fit`'s sixth parameter, the fourth after x and y.
+        if len(args) >= 4:
+            args = list(args)
+            args[3] = list(args[3] or []) + [_CurriculumCheck()]
+        else:
+            kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [
+                _CurriculumCheck()
+            ]
+        # `initial_epoch` is the tenth parameter after x and y.
+        self._fit_initial_epoch = int(
+            args[9] if len(args) >= 10 else kwargs.get("initial_epoch", 0)
+        )
+        return super().fit(x, y, *args, **kwargs)
+
+    def _check_curriculum(self, planned_steps):
+        """Warns once if a run of `planned_steps` mis-paces the curriculum."""
+        if planned_steps is None or planned_steps <= 0:
+            return
+        if getattr(self, "_warned_curriculum", False):
+            return
+        total = self.total_training_steps
+        if total <= 2 * planned_steps and planned_steps <= 2 * total:
+            return
+        self._warned_curriculum = True
+        end_levels = int(ops.convert_to_numpy(self.num_levels(planned_steps)))
+        warnings.warn(
+            f"This fit ends at training step {planned_steps}, but the model's "
+            f"total_training_steps is {total}: the consistency curriculum is "
+            f"paced for {total} steps, and reaches {end_levels} of "
+            f"{self.final_levels + 1} noise levels at step {planned_steps}. "
+            "If this is the whole run, build the model with "
+            f"total_training_steps={planned_steps} (the number of optimizer "
+            "steps of the run).",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
 
     # -------------------------------------------------------------- sampling
 
@@ -399,3 +448,27 @@ class ImmiscibleConsistency(ImmiscibleModel):
             }
         )
         return config
+
+
+def _user_stacklevel():
+    """The `stacklevel` of a warning that points past Keras and this library."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get(
+        "__name__", ""
+    ).split(".")[0] in ("keras", "keras_immiscible"):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+class _CurriculumCheck(keras.callbacks.Callback):
+    """Compares the steps a `fit` plans with `total_training_steps`."""
+
+    def on_train_begin(self, logs=None):
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        if not epochs or not steps:
+            return  # A dataset of unknown length: nothing to compare.
+        done = int(ops.convert_to_numpy(self.model.training_steps))
+        # Epochs before `initial_epoch` are not run; Keras does not pass it
+        # to callbacks, but a resumed run's counter already holds its steps.
+        remaining = epochs - getattr(self.model, "_fit_initial_epoch", 0)
+        self.model._check_curriculum(done + remaining * steps)

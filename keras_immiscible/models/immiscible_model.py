@@ -30,14 +30,21 @@ class ImmiscibleModel(keras.Model):
     """Base class of the generative models trained with assigned noise.
 
     Subclasses implement `noise_loss(data, noise, labels, training)` (the
-    family's training loss for a batch in [-1, 1] and its assigned noise)
-    and `sample(noise, steps, sampler, seed, labels)` (noise to images in
-    [-1, 1]); they may set `default_steps`, the default of `generate`.
+    family's per-sample training loss, shape (B,), for a batch in [-1, 1]
+    and its assigned noise) and `sample(noise, steps, sampler, seed,
+    labels)` (noise to images in [-1, 1]); they may set `default_steps`, the
+    default of `generate`.
+
+    `fit`'s `sample_weight` (or a third element of the batches) weights the
+    per-sample losses as Keras' losses do: `sum(w_i * loss_i) / B`. The
+    model is not a function of its input: `model(x)` and `predict` raise
+    and point to `generate`, which samples images.
 
     Batches: `images`, `(images, labels)`, or a dict with the keys
     `"images"`, and optionally `"labels"`, `"noise"` (noise assigned
     upstream, e.g. by `keras_immiscible.data.with_assigned_noise`; the model
-    then skips its own assigner) and `"assignment_gain"` (logged as is).
+    then skips its own assigner), `"assignment_gain"` (logged as is) and
+    `"sample_weight"`.
 
     Args:
         network: the network, a functional `keras.Model` called as
@@ -92,6 +99,9 @@ class ImmiscibleModel(keras.Model):
         self.image_shape, self.num_classes_input = input_checks.network_spec(
             network
         )
+        self.label_limit = (
+            input_checks.label_limit(network) if self.num_classes_input else None
+        )
         self.assignment_tracker = keras.metrics.Mean(name="assignment_gain")
         # Running per-pixel moments of the noise the model trains on (see
         # `noise_mean`); created here so that they exist before training,
@@ -113,7 +123,7 @@ class ImmiscibleModel(keras.Model):
     # ------------------------------------------------------ family interface
 
     def noise_loss(self, data, noise, labels=None, training=True):
-        """The family's loss for `data` in [-1, 1] and its assigned noise."""
+        """Per-sample losses (B,) of `data` in [-1, 1] and its assigned noise."""
         raise NotImplementedError
 
     def sample(self, noise, steps, sampler, seed, labels=None):
@@ -126,9 +136,44 @@ class ImmiscibleModel(keras.Model):
         self.built = True
 
     def call(self, inputs, training=False):
-        # Training happens in `compute_loss`; the forward pass is identity so
-        # that Keras' `train_step` does not run the network twice.
+        # Training happens in `compute_loss`; inside Keras' train and test
+        # steps the forward pass is the identity, so that the network does
+        # not run twice. Outside them the model has no output to give.
+        if not getattr(self, "_in_keras_step", False):
+            raise TypeError(self._not_a_function_message("model(x)"))
         return inputs
+
+    def _not_a_function_message(self, what):
+        return (
+            f"{type(self).__name__} is a generative model: {what} has no "
+            "images to return (the model samples from noise, it does not map "
+            "inputs to outputs). Use model.generate(num_images, steps=..., "
+            "seed=...) to sample images, or model.network([noisy_images, "
+            "noise_level]) to call the denoiser itself."
+        )
+
+    def _keras_step(self, method, *args, **kwargs):
+        """Runs a Keras training/evaluation entry point with `call` enabled."""
+        previous = getattr(self, "_in_keras_step", False)
+        self._in_keras_step = True
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self._in_keras_step = previous
+
+    def predict(self, *args, **kwargs):
+        """Not available: raises a `TypeError` pointing to `generate`."""
+        raise TypeError(self._not_a_function_message("predict(x)"))
+
+    def predict_on_batch(self, *args, **kwargs):
+        """Not available: raises a `TypeError` pointing to `generate`."""
+        raise TypeError(self._not_a_function_message("predict_on_batch(x)"))
+
+    def train_on_batch(self, *args, **kwargs):
+        return self._keras_step(super().train_on_batch, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        return self._keras_step(super().test_on_batch, *args, **kwargs)
 
     @property
     def metrics(self):
@@ -171,8 +216,24 @@ class ImmiscibleModel(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
+    @staticmethod
+    def _carry_sample_weight(x, y, kwargs):
+        """Moves `sample_weight` into a dict batch when there is no `y`.
+
+        Keras drops `sample_weight` when `y` is None (it packs `(x,)`);
+        unconditional models have no `y`, so the weights travel with the
+        images under the batch key "sample_weight".
+        """
+        weights = kwargs.get("sample_weight")
+        if weights is None or y is not None or not isinstance(x, np.ndarray):
+            return x
+        del kwargs["sample_weight"]
+        return {"images": x, "sample_weight": np.asarray(weights)}
+
     def fit(self, x=None, y=None, *args, **kwargs):
+        x = self._carry_sample_weight(x, y, kwargs)
         x = input_checks.check_dataset(self, x, "x")
+        input_checks.check_labels_argument(self, y, "y")
         # A tf.data pipeline, generator or torch DataLoader shuffles itself;
         # Keras' default `shuffle=True` would only warn that it is ignored.
         # (`shuffle` is `fit`'s ninth positional parameter.)
@@ -183,13 +244,15 @@ class ImmiscibleModel(keras.Model):
         ):
             kwargs["shuffle"] = False
         try:
-            return super().fit(x, y, *args, **kwargs)
+            return self._keras_step(super().fit, x, y, *args, **kwargs)
         finally:
             untie_ema_buffers(self)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
+        x = self._carry_sample_weight(x, y, kwargs)
         x = input_checks.check_dataset(self, x, "x")
-        return super().evaluate(x, y, *args, **kwargs)
+        input_checks.check_labels_argument(self, y, "y")
+        return self._keras_step(super().evaluate, x, y, *args, **kwargs)
 
     # ---------------------------------------------------------- data scaling
 
@@ -224,10 +287,41 @@ class ImmiscibleModel(keras.Model):
         return inputs
 
     def _reduce(self, error):
-        """Mean of the per-element loss `loss_type` of `error`."""
+        """Per-sample mean (B,) of the per-element loss `loss_type`."""
+        axes = tuple(range(1, len(self.image_shape) + 1))
         if self.loss_type == "mse":
-            return ops.mean(ops.square(error))
-        return ops.mean(ops.abs(error))
+            return ops.mean(ops.square(error), axis=axes)
+        return ops.mean(ops.abs(error), axis=axes)
+
+    def _batch_loss(self, per_sample, sample_weight=None):
+        """The batch loss: the mean of `per_sample` (B,), or weighted.
+
+        With `sample_weight` (B,), `sum(w_i * loss_i) / B`, Keras' default
+        ("sum_over_batch_size") reduction of weighted losses.
+        """
+        if len(per_sample.shape) != 1:
+            raise ValueError(
+                f"{type(self).__name__}.noise_loss must return per-sample "
+                f"losses of shape (batch,), got shape {per_sample.shape}."
+            )
+        if sample_weight is None:
+            return ops.mean(per_sample)
+        weights = ops.cast(sample_weight, "float32")
+        if len(weights.shape) == 2 and weights.shape[1] == 1:
+            weights = ops.squeeze(weights, axis=1)
+        if len(weights.shape) != 1 or (
+            weights.shape[0] is not None
+            and per_sample.shape[0] is not None
+            and weights.shape[0] != per_sample.shape[0]
+        ):
+            raise ValueError(
+                "`sample_weight` must hold one weight per image, shape "
+                f"(batch,), got shape {tuple(sample_weight.shape)} for a "
+                f"batch of {per_sample.shape[0]}."
+            )
+        return ops.sum(weights * per_sample) / ops.cast(
+            ops.shape(per_sample)[0], "float32"
+        )
 
     # -------------------------------------------------------------- training
 
@@ -241,7 +335,9 @@ class ImmiscibleModel(keras.Model):
         its noise, assigned upstream), then the family's `noise_loss`
         trains on that noise as plain training would on a random draw.
         With `training=True` the noise also updates the running per-pixel
-        moments behind `noise_mean` and `noise_std`.
+        moments behind `noise_mean` and `noise_std`. `sample_weight` (B,)
+        weights the per-sample losses (`sum(w_i * loss_i) / B`); the
+        assignment itself is unweighted.
         """
         batch = input_checks.check_batch(self, x, y)
         images = batch["images"]
@@ -266,7 +362,12 @@ class ImmiscibleModel(keras.Model):
                 )
         if training:
             self._track_noise(noise)
-        loss = self.noise_loss(data, noise, batch.get("labels"), training)
+        if sample_weight is None:
+            sample_weight = batch.get("sample_weight")
+        loss = self._batch_loss(
+            self.noise_loss(data, noise, batch.get("labels"), training),
+            sample_weight,
+        )
         losses = [loss] + [ops.sum(extra) for extra in self.losses]
         return ops.sum(ops.stack(losses)) if len(losses) > 1 else loss
 
@@ -372,12 +473,18 @@ class ImmiscibleModel(keras.Model):
             num_images: how many images to generate.
             steps: number of sampler steps (default: `default_steps` of the
                 model family).
-            seed: int seed of the initial noise (and of the sampler's noise).
-                The same seed gives the same images.
+            seed: int seed (>= 0) of the initial noise (and of the sampler's
+                noise). The same seed gives the same images; `None` draws
+                fresh noise.
             labels: int labels (num_images,) for class-conditional networks.
             sampler: override the model's default sampler (a name or a
                 sampler instance).
-            batch_size: generate in chunks of this size (default: all at once).
+            batch_size: generate in chunks of this size (default: all at
+                once). With a deterministic sampler the images do not depend
+                on it: image `i` starts from the same noise for any chunking
+                (a float rounding of the network aside). A stochastic
+                sampler's in-loop noise is drawn per chunk, so its images do
+                depend on `batch_size`.
             initial_noise: where the sampler starts. `"standard"` (default):
                 N(0, I). `"matched"`: the per-pixel Gaussian with the mean
                 and std of the noise the model trained on
@@ -409,7 +516,29 @@ class ImmiscibleModel(keras.Model):
         labels = self._check_labels(labels, num_images)
         sampler = samplers_lib.get(sampler) if sampler else self.sampler
         self._warn_if_stochastic_on_coupled(sampler, int(steps))
-        batch_size = int(batch_size or num_images)
+        if batch_size is None:
+            batch_size = num_images
+        if isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)
+        ) or batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be None or an integer >= 1, got "
+                f"{batch_size!r}."
+            )
+        if seed is not None and (
+            isinstance(seed, bool)
+            or not isinstance(seed, (int, np.integer))
+            or seed < 0
+        ):
+            raise ValueError(
+                f"`seed` must be None or an integer >= 0, got {seed!r}."
+            )
+        batch_size = int(batch_size)
+        # The initial noise is one stream of standard normals, read chunk by
+        # chunk: image i starts from the same noise whatever `batch_size` is,
+        # so deterministic samplers give the same images for any chunking.
+        # (The in-loop noise of stochastic samplers is drawn per chunk.)
+        noise_stream = np.random.default_rng(seed)
         seed_generator = keras.random.SeedGenerator(seed)
         outputs = []
         for start in range(0, num_images, batch_size):
@@ -417,8 +546,10 @@ class ImmiscibleModel(keras.Model):
             chunk_labels = None
             if labels is not None:
                 chunk_labels = ops.convert_to_tensor(labels[start:start + count])
-            noise = keras.random.normal(
-                (count,) + tuple(self.image_shape), seed=seed_generator
+            noise = ops.convert_to_tensor(
+                noise_stream.standard_normal(
+                    (count,) + tuple(self.image_shape), dtype=np.float32
+                )
             )
             if moments is not None:
                 noise = moments[0] + moments[1] * noise
@@ -513,7 +644,9 @@ class ImmiscibleModel(keras.Model):
             )
         if labels is None:
             return None
-        labels = np.asarray(labels).astype("int32").reshape(-1)
+        labels = np.asarray(labels).reshape(-1)
+        input_checks.check_label_values(labels, self.label_limit, "labels")
+        labels = labels.astype("int32")
         if labels.shape[0] != num_images:
             raise ValueError(
                 f"`labels` must have num_images={num_images} entries, got "

@@ -12,6 +12,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_immiscible.backend import is_concrete as _is_concrete
+
 _RANGE_TOLERANCE = 1e-3
 
 
@@ -32,6 +34,62 @@ def network_spec(network):
             f"{image_shape}."
         )
     return image_shape, len(inputs) == 3
+
+
+def label_limit(network):
+    """How many label values a class-conditional network embeds, or None.
+
+    The rows of the network's one `keras.layers.Embedding` (for
+    `keras_immiscible.layers.UNet(num_classes=n)`: `n + 1`, the classes and
+    the null label `n`). `None` when the network has no single embedding
+    layer to read it from; labels are then only checked to be >= 0.
+    """
+    embeddings = [
+        layer
+        for layer in getattr(network, "layers", [])
+        if isinstance(layer, keras.layers.Embedding)
+    ]
+    if len(embeddings) != 1:
+        return None
+    return int(embeddings[0].input_dim)
+
+
+def check_label_values(labels, limit, name="labels"):
+    """Raises a `ValueError` for labels < 0 or >= `limit` (if not None).
+
+    Args:
+        labels: a numpy array, or a concrete (eager) tensor.
+        limit: the number of valid label values, or None.
+        name: how the error names the labels.
+    """
+    if isinstance(labels, (np.ndarray, list, tuple)):
+        labels = np.asarray(labels)
+        if labels.size == 0:
+            return
+        if labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0):
+            raise ValueError(
+                f"`{name}` must be integer class indices, got non-integer "
+                f"values such as {labels[np.mod(labels, 1) != 0].flat[0]!r}."
+            )
+        low, high = int(labels.min()), int(labels.max())
+    else:
+        # A device tensor: two scalars come to the host, not the labels.
+        if 0 in tuple(labels.shape):
+            return
+        low = int(keras.ops.convert_to_numpy(keras.ops.min(labels)))
+        high = int(keras.ops.convert_to_numpy(keras.ops.max(labels)))
+    if low < 0 or (limit is not None and high >= limit):
+        valid = f"[0, {limit - 1}]" if limit is not None else ">= 0"
+        raise ValueError(
+            f"`{name}` must be class indices in {valid} (the rows of the "
+            f"network's class embedding), got values in [{low}, {high}]."
+        )
+
+
+def check_labels_argument(model, y, name="y"):
+    """Checks labels given to `fit`/`evaluate` as a numpy array (`y`)."""
+    if isinstance(y, np.ndarray) and model.num_classes_input:
+        check_label_values(y, model.label_limit, name)
 
 
 def _describe_shape(shape):
@@ -58,7 +116,7 @@ def _check_shape(shape, image_shape, name):
         )
 
 
-BATCH_KEYS = ("images", "labels", "noise", "assignment_gain")
+BATCH_KEYS = ("images", "labels", "noise", "assignment_gain", "sample_weight")
 
 
 def _as_batch_dict(x, y):
@@ -110,6 +168,11 @@ def check_batch(model, x, y):
                 "The network is class-conditional: the data must be "
                 "`(images, labels)`."
             )
+        if _is_concrete(labels):
+            # Eager steps (PyTorch, run_eagerly): checked here. Compiled
+            # steps get labels checked upstream (numpy arrays in
+            # `check_dataset`, tf.data by its checking stage).
+            check_label_values(labels, model.label_limit, "labels")
         batch["labels"] = keras.ops.reshape(
             keras.ops.cast(labels, "int32"), (-1,)
         )
@@ -154,6 +217,13 @@ def check_dataset(model, x, name="x"):
         array.get("images"), np.ndarray
     ):
         array = array["images"]
+    labels = None
+    if isinstance(x, (list, tuple)) and len(x) == 2:
+        labels = x[1]
+    elif isinstance(x, dict):
+        labels = x.get("labels")
+    if isinstance(labels, np.ndarray) and model.num_classes_input:
+        check_label_values(labels, model.label_limit, "labels")
     if isinstance(array, np.ndarray):
         if array.dtype.kind not in "fu" or (
             array.dtype.kind == "u" and array.dtype != np.uint8
@@ -236,6 +306,23 @@ def _checked_tf_dataset(model, dataset, name):
                 f"Float `{name}` must lie in [0, 1] (divide 0-255 data by 255 "
                 "or pass uint8 images).",
             )
+        labels = None
+        if isinstance(element[0], dict):
+            labels = element[0].get("labels")
+        elif len(element) > 1:
+            labels = element[1]
+        if labels is not None and model.num_classes_input:
+            labels = tf.cast(labels, tf.int64)
+            message = "labels must be class indices in " + (
+                f"[0, {model.label_limit - 1}]"
+                if model.label_limit is not None
+                else ">= 0"
+            ) + " (the rows of the network's class embedding)."
+            tf.debugging.assert_non_negative(labels, message)
+            if model.label_limit is not None:
+                tf.debugging.assert_less(
+                    labels, tf.constant(model.label_limit, tf.int64), message
+                )
         return element if len(element) > 1 else element[0]
 
     return dataset.map(check)

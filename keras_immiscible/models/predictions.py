@@ -5,8 +5,10 @@ predict any one of
 
 - `"epsilon"`: the noise `eps`;
 - `"x0"`: the data `x0`;
-- `"v"`: `signal * eps - noise_rate * x0` (Salimans & Ho, 2022), for
-  variance-preserving schedules (`signal**2 + noise_rate**2 == 1`);
+- `"v"`: `signal * eps - noise_rate * x0` (Salimans & Ho, 2022); on a
+  variance-preserving schedule (`signal**2 + noise_rate**2 == 1`) it is the
+  rate of change of `x_t` along the schedule's angle, and on any other path
+  (e.g. `LinearInterpolation`) it is still a valid target, converted exactly;
 - `"velocity"`: `eps - x0`, the flow-matching velocity `d x_t / d t` of the
   linear path `x_t = (1 - t) x0 + t eps` (for other paths it is still a
   valid target, but not the time derivative).
@@ -70,9 +72,12 @@ def split(prediction, output, noisy, signal_rate, noise_rate):
         pred_data = output
         pred_noise = (noisy - signal_rate * pred_data) / noise_rate
     elif prediction == "v":
-        # Exact when signal**2 + noise_rate**2 == 1.
-        pred_data = signal_rate * noisy - noise_rate * output
-        pred_noise = noise_rate * noisy + signal_rate * output
+        # x_t = a x0 + b eps and v = a eps - b x0: a rotation scaled by
+        # a^2 + b^2, which is 1 only on variance-preserving schedules.
+        # Dividing by it keeps the conversion exact on any path.
+        norm = signal_rate * signal_rate + noise_rate * noise_rate
+        pred_data = (signal_rate * noisy - noise_rate * output) / norm
+        pred_noise = (noise_rate * noisy + signal_rate * output) / norm
     elif prediction == "velocity":
         # x_t = a x0 + b eps and u = eps - x0 give x0 and eps in closed form.
         total = signal_rate + noise_rate
