@@ -186,11 +186,16 @@ def untie_ema_buffers(model):
     model's variables; on JAX both then hold the *same* buffer, and the next
     `fit` (which donates its state buffers to XLA) fails with "Attempt to
     donate the same buffer twice" (seen with Keras 3.15 and a plain Dense
-    model). Copying the variables' values gives them buffers of their own.
+    model, and under `mixed_float16`, where the EMA optimizer is the inner
+    optimizer of a `LossScaleOptimizer`). Copying the variables' values
+    gives them buffers of their own.
     """
     if _backend() != "jax":
         return
     optimizer = getattr(model, "optimizer", None)
+    # Under a mixed_float16 policy Keras wraps the optimizer in a
+    # LossScaleOptimizer, whose own `use_ema` is False: look inside.
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     if optimizer is None or not getattr(optimizer, "use_ema", False):
         return
     import jax.numpy as jnp
