@@ -301,6 +301,50 @@ def test_get_config_round_trip():
     assert inception["feature_extractor"] is None and inception["weights"] is None
 
 
+def test_fid_and_kid_are_not_keras_metrics_and_compile_says_so():
+    # Plain classes with the metric methods: a compiled step cannot run
+    # their host float64 statistics, so compile(metrics=...) must fail
+    # clearly, not with a tracer conversion error (JAX, TensorFlow) or a
+    # "needs real samples" error after eating the training batch (torch).
+    import keras_immiscible as ki
+
+    rng = np.random.default_rng(12)
+    images = rng.random((16, 8, 8, 1)).astype("float32")
+    for metric in (metrics.FID(feature_extractor=identity),
+                   metrics.KID(feature_extractor=identity, name="my_kid")):
+        assert not isinstance(metric, keras.metrics.Metric)
+        assert metric.name in repr(metric)
+        with pytest.raises(TypeError, match="not a keras.metrics.Metric"):
+            metric(images, images)
+        noisy = keras.Input((8, 8, 1))
+        level = keras.Input((1, 1, 1))
+        out = keras.layers.Conv2D(1, 1)(noisy) + 0.0 * level
+        model = ki.ImmiscibleDiffusion(
+            keras.Model([noisy, level], out), assignment=None, seed=0
+        )
+        model.compile(optimizer="sgd", metrics=[metric])
+        with pytest.raises(
+            TypeError,
+            match=f"metric '{metric.name}'.*compile.*GenerativeEvaluation",
+        ):
+            model.fit(images, batch_size=8, epochs=1, verbose=0)
+        # The metric itself still works, eagerly.
+        x = correlated_features(rng, 40, 4)
+        metric.update_state(x, x + 1.0)
+        assert float(metric.result()) > 0.1
+
+
+def test_configs_written_by_the_keras_metric_versions_still_load():
+    # Before FID/KID became plain classes, get_config() also had "dtype".
+    clone = metrics.FID.from_config(
+        {"name": "fid", "dtype": "float32", "feature_extractor": "digits",
+         "weights": "imagenet", "batch_size": 16}
+    )
+    assert clone.name == "fid" and clone.batch_size == 16
+    assert "dtype" not in clone.get_config()
+    assert metrics.KID(feature_extractor=identity).name == "kid"
+
+
 def test_bad_inputs_raise_clear_errors():
     rng = np.random.default_rng(11)
     images = rng.random((4, 8, 8, 1)).astype("float32")

@@ -1,7 +1,11 @@
 """Sample-quality metrics: FID and KID, streaming, on any feature extractor.
 
-- `FID`, `KID`: `keras.metrics.Metric`s with `update_state(real_images,
-  generated_images)`; host float64 statistics (see `feature_metric`).
+- `FID`, `KID`: streaming metrics with `update_state(real_images,
+  generated_images)`, `result()` and `reset_state()`; host float64
+  statistics. Plain classes, not `keras.metrics.Metric`s: they do not go
+  in `model.compile(metrics=...)` (a `TypeError` says so); use
+  `callbacks.GenerativeEvaluation` or `evaluate_generator` (see
+  `feature_metric`).
 - Feature extractors: Inception-V3 by default (`InceptionFeatureExtractor`;
   not the TF-1 graph of published FIDs, see `feature_extractors`), the
   embedded digits classifier (`digits_feature_extractor()`), or any

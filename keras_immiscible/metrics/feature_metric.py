@@ -16,20 +16,27 @@ numpy float64**:
 - KID needs the features themselves (for the subset kernel estimates),
   which is host memory anyway.
 
-The consequence: these metrics are *eager-only*. `update_state` converts its
-inputs to numpy, so it cannot run inside a compiled `train_step` or be
-passed to `model.compile(metrics=...)`. They are meant to be driven by
-`keras_immiscible.callbacks.GenerativeEvaluation`,
-`keras_immiscible.metrics.evaluate_generator` or your own loop. The metrics
-hold no Keras variables; `reset_state()` clears the host state.
+Why they are not `keras.metrics.Metric`s
+----------------------------------------
+`update_state` converts its inputs to numpy, so it cannot run inside a
+compiled `train_step`; and a generative model's `compile(metrics=...)`
+would only feed it the training batch and the model's identity forward
+pass, never real *and generated* images. So `FeatureMetric` is a plain
+Python class with the metric methods (`update_state`, `result`,
+`reset_state`, `get_config`/`from_config`) and no Keras variables. Passed
+to `model.compile(metrics=[...])`, it raises a `TypeError` that says what to
+use instead (Keras calls it like a metric function at the first training
+step, and calling it is that error). The metrics are meant to be driven
+by `keras_immiscible.callbacks.GenerativeEvaluation` (during `fit`),
+`keras_immiscible.metrics.evaluate_generator` (after it) or your own loop.
 
 `result()` returns a numpy float64 scalar (`np.float64` is a Python float,
 so it can go straight into `logs`, `float()` or `json`).
 """
 
 import os
+import re
 
-import keras
 import numpy as np
 
 from keras_immiscible.metrics.feature_extractors import check_batch
@@ -40,9 +47,17 @@ REAL = "real"
 GENERATED = "generated"
 
 
-class FeatureMetric(keras.metrics.Metric):
+class FeatureMetric:
     """A distance between the feature distributions of real and generated
     images, accumulated in a streaming way on the host.
+
+    A plain class with the methods of a Keras metric (`update_state`,
+    `result`, `reset_state`, `get_config`, `from_config`), not a
+    `keras.metrics.Metric`: its state is host float64 numpy, it runs
+    eagerly, and it cannot go in `model.compile(metrics=...)` (that raises a
+    `TypeError`; see the module docstring). Evaluate it during training
+    with `keras_immiscible.callbacks.GenerativeEvaluation`, after training
+    with `keras_immiscible.metrics.evaluate_generator`, or feed it yourself.
 
     Args:
         feature_extractor: `None`/`"inception_v3"` (Inception-V3 pool
@@ -54,8 +69,9 @@ class FeatureMetric(keras.metrics.Metric):
             `"imagenet"` (downloaded once by Keras), `None` (random, for
             tests) or the path of a local weights file.
         batch_size: images per call of the feature extractor.
-        name, dtype: as for every `keras.metrics.Metric` (the computation is
-            float64 on the host whatever `dtype` is).
+        name: the metric's name (default: the class name in snake case).
+        dtype: accepted for compatibility with the Keras metric signature
+            and ignored: the computation is float64 on the host.
 
     Subclasses implement `_accumulate(side, features)`, `_reset(side)` and
     `result()`.
@@ -69,7 +85,11 @@ class FeatureMetric(keras.metrics.Metric):
         name=None,
         dtype=None,
     ):
-        super().__init__(name=name, dtype=dtype)
+        if name is None:
+            name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"`name` must be a non-empty string, got {name!r}.")
+        self.name = name
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be an integer >= 1, got {batch_size!r}."
@@ -129,6 +149,29 @@ class FeatureMetric(keras.metrics.Metric):
                 "Real and generated images must have the same shape "
                 "(resize one set first); call `reset_state()` to start over."
             )
+
+    # ------------------------------------------------------- not a Keras metric
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"{type(self).__name__} (metric '{self.name}') is not a "
+            "keras.metrics.Metric and cannot be passed to "
+            "`model.compile(metrics=...)` or called like one: it compares "
+            "real and generated images, accumulating their feature "
+            "statistics eagerly on the host in float64, which a compiled "
+            "training step cannot do (and `compile`'s metrics only see the "
+            "training batch). Evaluate it during `fit` with "
+            "keras_immiscible.callbacks.GenerativeEvaluation(real_images, "
+            f"metrics=[...]) (logs 'val_{self.name}'), after training with "
+            "keras_immiscible.metrics.evaluate_generator(model, "
+            "real_images), or feed it yourself with "
+            "update_state(real_images, generated_images) and result()."
+        )
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(name={self.name!r}, feature_extractor="
+            f"{self._extractor_spec!r}, batch_size={self.batch_size})"
+        )
 
     # -------------------------------------------------------------- updates
     def update_state(self, real_images=None, generated_images=None, sample_weight=None):
@@ -253,15 +296,17 @@ class FeatureMetric(keras.metrics.Metric):
         object itself, so the config round-trips in-process but is not
         JSON-serializable.
         """
-        config = super().get_config()
-        config.update(
-            {
-                "feature_extractor": self._extractor_spec,
-                "weights": self.weights,
-                "batch_size": self.batch_size,
-            }
-        )
-        return config
+        return {
+            "name": self.name,
+            "feature_extractor": self._extractor_spec,
+            "weights": self.weights,
+            "batch_size": self.batch_size,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """A new metric (with empty state) from `get_config()`'s output."""
+        return cls(**config)
 
 
 def _is_lazy_spec(spec):

@@ -145,7 +145,10 @@ class FID(FeatureMetric):
           dimensions). Compare runs with the same extractor and counts.
           Keras' Inception-V3 is not the TF-1 graph behind published FIDs:
           see `keras_immiscible.metrics.feature_extractors`.
-        - Eager-only, host float64 state; see `feature_metric`.
+        - Not a `keras.metrics.Metric`: eager-only, host float64 state,
+          and `model.compile(metrics=[FID()])` raises a `TypeError`; use
+          `callbacks.GenerativeEvaluation` or `evaluate_generator` (see
+          `feature_metric`).
 
     Example:
 

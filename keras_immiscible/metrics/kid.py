@@ -126,6 +126,19 @@ class KID(FeatureMetric):
     deviation. Cost: 3 * num_subsets * subset_size^2 * d multiply-adds in
     float64 (about 6e11 for the defaults and Inception features: seconds to
     a minute on a CPU); lower `num_subsets` for frequent evaluations.
+
+    Not a `keras.metrics.Metric`: eager-only, host state, and
+    `model.compile(metrics=[KID()])` raises a `TypeError`; evaluate it with
+    `callbacks.GenerativeEvaluation` (during `fit`) or `evaluate_generator`
+    (see `feature_metric`).
+
+    Example:
+
+    ```python
+    kid = KID(feature_extractor="digits", subset_size=100, num_subsets=10)
+    kid.update_state(real_images, generated_images)
+    float(kid.result()), float(kid.result_std())
+    ```
     """
 
     def __init__(
