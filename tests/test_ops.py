@@ -279,17 +279,16 @@ def test_auction_near_optimal_on_digits_vs_noise(digits, metric):
     assert missed_fraction(cost, columns) <= 1e-3
 
 
-def test_auction_respects_documented_bound_on_shifted_costs():
-    # Costs far from zero and negative: the auction rescales them, so the
-    # documented bound n * epsilon * (max - min) must hold in cost units.
+def test_auction_certified_on_shifted_costs():
+    # Costs far from zero and negative: the auction reduces and rescales
+    # them; its certified bound must hold in the original cost's terms.
     rng = np.random.default_rng(13)
     n = 64
     cost = (-1e4 + 300.0 * rng.normal(size=(n, n))).astype("float32")
-    columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), n)
-    span = float(cost.max() - cost.min())
-    epsilon = 1.0 / (64 * n)  # the documented default
-    assert total_cost(cost, columns) - optimum(cost) <= n * epsilon * span
-    assert missed_fraction(cost, columns) <= 1e-3
+    columns, info = kops.linear_sum_assignment(cost, solver="auction", return_info=True)
+    columns = check_permutation(columns, n)
+    assert bool(to_np(info["converged"]))
+    assert missed_fraction(cost, columns) <= float(to_np(info["gap_bound"])) <= 1e-3
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -297,10 +296,12 @@ def test_auction_tiny_problems(n):
     rng = np.random.default_rng(20 + n)
     for _ in range(5):
         cost = rng.uniform(size=(n, n)).astype("float32")
-        columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), n)
-        span = float(cost.max() - cost.min())
-        # Documented bound with the default epsilon 1 / (64 n).
-        assert total_cost(cost, columns) - optimum(cost) <= span / 64 + 1e-6
+        columns, info = kops.linear_sum_assignment(cost, solver="auction", return_info=True)
+        columns = check_permutation(columns, n)
+        gain = np.trace(cost.astype(np.float64)) - optimum(cost)
+        excess = total_cost(cost, columns) - optimum(cost)
+        assert excess <= float(to_np(info["gap_bound"])) * gain + 1e-6
+        assert excess <= 1e-3 * gain + 1e-6
         # Bound hit at once: still a permutation.
         check_permutation(
             kops.linear_sum_assignment(cost, solver="auction", max_rounds=1), n
@@ -308,9 +309,11 @@ def test_auction_tiny_problems(n):
 
 
 def test_auction_constant_cost_is_a_permutation():
-    check_permutation(
-        kops.linear_sum_assignment(np.ones((64, 64), "float32"), solver="auction"), 64
+    columns, info = kops.linear_sum_assignment(
+        np.ones((64, 64), "float32"), solver="auction", return_info=True
     )
+    check_permutation(columns, 64)
+    assert float(to_np(info["gap_bound"])) == 0.0
 
 
 def test_auction_with_tiny_max_rounds_is_still_a_permutation():
@@ -320,25 +323,31 @@ def test_auction_with_tiny_max_rounds_is_still_a_permutation():
         rng.normal(size=(256, 256)).astype("float32"),
         np.ones((256, 256), "float32"),
     ):
-        columns = check_permutation(
-            kops.linear_sum_assignment(cost, solver="auction", max_rounds=3), 256
+        # No augmenting tail, three bidding rounds: the fill-in path.
+        columns, info = kops.linear_sum_assignment(
+            cost, solver="auction", max_rounds=3, tail_rows=0, return_info=True
         )
+        columns = check_permutation(columns, 256)
         if np.ptp(cost) > 0:
-            # Three rounds cannot seat 256 persons: the fill-in path was
-            # exercised (the result is far from optimal).
-            assert missed_fraction(cost, columns) > 1e-3
+            # Three rounds cannot seat 256 persons: the result is far from
+            # optimal, and the certificate says so.
+            missed = missed_fraction(cost, columns)
+            assert missed > 1e-3
+            assert not bool(to_np(info["converged"]))
+            assert float(to_np(info["gap_bound"])) >= missed
 
 
-def test_auction_epsilon_option_is_honoured():
-    # A finer final epsilon than the default: its (tighter) documented bound
-    # n * epsilon * (max - min) must hold.
+def test_auction_tolerance_option_is_honoured():
+    # A much finer tolerance than the default: met, and certified.
     rng = np.random.default_rng(31)
     n = 64
     cost = rng.uniform(size=(n, n)).astype("float32")
-    fine = check_permutation(
-        kops.linear_sum_assignment(cost, solver="auction", epsilon=1e-6), n
+    fine, info = kops.linear_sum_assignment(
+        cost, solver="auction", tolerance=1e-6, return_info=True
     )
-    assert total_cost(cost, fine) - optimum(cost) <= n * 1e-6 * float(np.ptp(cost)) + 1e-5
+    fine = check_permutation(fine, n)
+    assert missed_fraction(cost, fine) <= float(to_np(info["gap_bound"])) + 1e-7
+    assert missed_fraction(cost, fine) <= 1e-6
 
 
 # ---------------------------------------------------------------------------

@@ -211,6 +211,114 @@ def _bound(cost, prices, columns):
     return ops.where(ops.isnan(bound), float("inf"), bound)
 
 
+def _augment_one(cost, prices, person_to_object, object_to_person,
+                 max_steps, unroll):
+    """Seats one unassigned row along a shortest augmenting path.
+
+    Dijkstra on the reduced costs `C_ij + p_j` (dense, one column per step:
+    `O(n)` work a step, not `O(n^2)` like a bidding round), as in the
+    augmentation phase of Jonker and Volgenant's algorithm: columns are
+    scanned in order of distance from the free row until a free column is
+    reached; the prices of the scanned columns then rise so that the path's
+    edges stay (near) tight, and the path is flipped. Returns the new state
+    and the number of steps.
+    """
+    n = _size(cost)
+    big = ops.convert_to_tensor(float("inf"), cost.dtype)
+    start = ops.cast(ops.argmax(ops.cast(person_to_object < 0, "int32")),
+                     "int32")
+    row = ops.take(cost, start, axis=0) + prices
+    dist = row - ops.min(row)
+    pred = ops.full((n,), start, "int32")
+    scanned = ops.zeros((n,), "bool")
+    objects = ops.arange(n, dtype="int32")
+
+    def cond(dist, pred, scanned, found, last, mu, steps):
+        return ops.logical_and(found < 0, steps < max_steps)
+
+    def body(*state):
+        for _ in range(unroll):
+            state = step(*state)
+        return state
+
+    def step(dist, pred, scanned, found, last, mu, steps):
+        # A no-op once the free column is found (unrolled steps).
+        going = ops.logical_and(found < 0, steps < max_steps)
+        mu_before = mu
+        open_dist = ops.where(scanned, big, dist)
+        j = ops.cast(ops.argmin(open_dist), "int32")
+        mu = ops.take(open_dist, j)
+        owner = ops.take(object_to_person, j)
+        free = owner < 0
+        scanned = ops.logical_or(scanned, ops.logical_and(objects == j, going))
+        i = ops.maximum(owner, 0)
+        row = ops.take(cost, i, axis=0) + prices
+        through = mu + row - ops.take(row, j)
+        better = ops.logical_and(ops.logical_not(scanned), through < dist)
+        better = ops.logical_and(better, ops.logical_and(ops.logical_not(free),
+                                                         going))
+        dist = ops.where(better, through, dist)
+        pred = ops.where(better, i, pred)
+        found = ops.where(ops.logical_and(free, going), j, found)
+        mu = ops.where(going, mu, mu_before)
+        return dist, pred, scanned, found, j, mu, steps + ops.cast(going,
+                                                                   "int32")
+
+    state = ops.while_loop(
+        cond, body,
+        (dist, pred, scanned, ops.convert_to_tensor(-1, "int32"),
+         ops.convert_to_tensor(0, "int32"),
+         ops.convert_to_tensor(0.0, cost.dtype),
+         ops.convert_to_tensor(0, "int32")),
+    )
+    dist, pred, scanned, found, _, mu, steps = state
+    ok = found >= 0
+    # Scanned columns (all at distance <= mu) rise by mu - d: the columns
+    # on the path become as cheap as the free column for their new rows.
+    raise_by = ops.where(ops.logical_and(scanned, ok),
+                         ops.maximum(mu - dist, 0.0), 0.0)
+    prices = prices + raise_by
+
+    def flip_cond(j, person_to_object, object_to_person, going):
+        return going
+
+    def flip_body(j, person_to_object, object_to_person, going):
+        i = ops.take(pred, j)
+        previous = ops.take(person_to_object, i)
+        person_to_object = ops.where(objects == i, j, person_to_object)
+        object_to_person = ops.where(objects == j, i, object_to_person)
+        return previous, person_to_object, object_to_person, i != start
+
+    _, person_to_object, object_to_person, _ = ops.while_loop(
+        flip_cond, flip_body,
+        (ops.maximum(found, 0), person_to_object, object_to_person, ok),
+        maximum_iterations=n,
+    )
+    return prices, person_to_object, object_to_person, steps
+
+
+def _augment(cost, prices, person_to_object, object_to_person, max_steps,
+             unroll):
+    """Seats every unassigned row by augmenting paths (see `_augment_one`)."""
+
+    def cond(prices, person_to_object, object_to_person, steps):
+        return ops.logical_and(ops.any(person_to_object < 0),
+                               steps < max_steps)
+
+    def body(prices, person_to_object, object_to_person, steps):
+        prices, person_to_object, object_to_person, used = _augment_one(
+            cost, prices, person_to_object, object_to_person,
+            max_steps - steps, unroll,
+        )
+        return prices, person_to_object, object_to_person, steps + used
+
+    return ops.while_loop(
+        cond, body,
+        (prices, person_to_object, object_to_person,
+         ops.convert_to_tensor(0, "int32")),
+    )
+
+
 def _complete(person_to_object, object_to_person):
     """Matches unassigned persons to free objects, both in index order."""
     n = _size(person_to_object)
@@ -238,6 +346,7 @@ def auction_assignment(
     max_rounds=None,
     unroll=4,
     tail_size=64,
+    tail_rows=None,
     return_info=False,
 ):
     """Minimum-cost permutation of a square cost matrix by auction.
@@ -308,12 +417,16 @@ def auction_assignment(
     done = _bound(cost, prices, identity) <= 0.0
     bound = ops.convert_to_tensor(1.0, "float32")
     use_tail = static and tail_size and 0 < tail_size < n
+    if tail_rows is None:
+        tail_rows = max(1, n // 64) if static else ops.maximum(1, n // 64)
+    tail_steps = ops.convert_to_tensor(0, "int32")
+    max_tail_steps = n * 4 * tail_rows
 
     def one_round(prices, person_to_object, object_to_person, eps, rounds,
                   done, phase_rounds):
         unassigned = ops.sum(ops.cast(person_to_object < 0, "int32"))
         active = ops.logical_and(
-            ops.logical_and(unassigned > 0, rounds < max_rounds),
+            ops.logical_and(unassigned > tail_rows, rounds < max_rounds),
             ops.logical_not(done),
         )
         state = (prices, person_to_object, object_to_person)
@@ -329,16 +442,32 @@ def auction_assignment(
         return state + (rounds + step, phase_rounds + step)
 
     def cond(prices, person_to_object, object_to_person, eps, rounds, done,
-             bound, phase_rounds):
+             bound, phase_rounds, tail_steps):
         return ops.logical_and(ops.logical_not(done), rounds < max_rounds)
 
     def body(prices, person_to_object, object_to_person, eps, rounds, done,
-             bound, phase_rounds):
+             bound, phase_rounds, tail_steps):
         for _ in range(unroll):
             prices, person_to_object, object_to_person, rounds, phase_rounds = (
                 one_round(prices, person_to_object, object_to_person, eps,
                           rounds, done, phase_rounds)
             )
+        # The last few rows: shortest augmenting paths, O(n) per step.
+        unassigned = ops.sum(ops.cast(person_to_object < 0, "int32"))
+        need = ops.logical_and(
+            ops.logical_and(unassigned > 0, unassigned <= tail_rows),
+            ops.logical_and(ops.logical_not(done),
+                            tail_steps < max_tail_steps),
+        )
+        prices, person_to_object, object_to_person, used = ops.cond(
+            need,
+            lambda: _augment(cost, prices, person_to_object,
+                             object_to_person, max_tail_steps - tail_steps,
+                             unroll),
+            lambda: (prices, person_to_object, object_to_person,
+                     ops.convert_to_tensor(0, "int32")),
+        )
+        tail_steps = tail_steps + used
         # A phase has ended when every row holds a column: certify it, or
         # start the next one with a smaller epsilon, releasing only the rows
         # that are not within the new epsilon of their best column.
@@ -364,8 +493,15 @@ def auction_assignment(
         person_to_object = ops.where(release, -1, person_to_object)
         eps = ops.where(next_phase, new_eps, eps)
         phase_rounds = ops.where(next_phase, 0, phase_rounds)
+        # Out of tail steps with rows still unassigned: stop (filled below).
+        stuck = ops.logical_and(
+            ops.logical_not(complete),
+            ops.logical_and(unassigned <= tail_rows,
+                            tail_steps >= max_tail_steps),
+        )
+        done = ops.logical_or(done, stuck)
         return (prices, person_to_object, object_to_person, eps, rounds,
-                done, bound, phase_rounds)
+                done, bound, phase_rounds, tail_steps)
 
     loop_bound = None
     if static:
@@ -377,12 +513,11 @@ def auction_assignment(
         cond,
         body,
         (prices, person_to_object, object_to_person, eps, rounds, done,
-         bound, rounds),
+         bound, rounds, tail_steps),
         maximum_iterations=loop_bound,
     )
-    prices, person_to_object, object_to_person, _, rounds, done, bound, _ = (
-        state
-    )
+    (prices, person_to_object, object_to_person, _, rounds, done, bound, _,
+     tail_steps) = state
     columns = _complete(person_to_object, object_to_person)
     if not return_info:
         return columns
@@ -396,4 +531,5 @@ def auction_assignment(
                                                      "int32"),
         "gap_bound": bound,
         "converged": bound <= tolerance,
+        "tail_steps": tail_steps,
     }
