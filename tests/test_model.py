@@ -789,3 +789,27 @@ def test_deterministic_samplers_and_vanilla_models_do_not_warn(
     for family, kwargs in cases:
         model = sampling_models(family, assignment)
         assert not coupled_warnings(model, **kwargs), (family, kwargs)
+
+
+@pytest.mark.parametrize("assignment", [None, "knn"])
+def test_an_eager_training_step_brings_no_batch_to_the_host(
+    digits, assignment, monkeypatch
+):
+    # Eager steps (PyTorch, run_eagerly) check values as they go; on a GPU a
+    # copy of the batch to numpy per step would be a transfer and a sync.
+    # Only scalars may come to the host (the checks' booleans).
+    model = make_model(assignment, seed=7)
+    images = keras.ops.convert_to_tensor(digits[:16])
+    sizes = []
+    to_numpy = keras.ops.convert_to_numpy
+
+    def spy(x):
+        value = to_numpy(x)
+        sizes.append(int(np.size(value)))
+        return value
+
+    monkeypatch.setattr(keras.ops, "convert_to_numpy", spy)
+    loss = model.compute_loss(x=images)
+    monkeypatch.undo()
+    assert np.isfinite(keras.ops.convert_to_numpy(loss))
+    assert sizes and max(sizes) == 1, sizes

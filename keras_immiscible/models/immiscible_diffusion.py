@@ -27,7 +27,7 @@ class ImmiscibleDiffusion(ImmiscibleModel):
 
     The training step is written once for all backends: it lives in
     `compute_loss`, and Keras' own `train_step` computes the gradients.
-    `model(x)` returns `x` unchanged; use `generate` to sample.
+    `model(x)` and `predict` raise a `TypeError`: use `generate` to sample.
 
     Args:
         network: the denoiser, a `keras.Model` called as

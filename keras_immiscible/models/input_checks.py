@@ -73,8 +73,13 @@ def check_label_values(labels, limit, name="labels"):
             )
         low, high = int(labels.min()), int(labels.max())
     else:
-        # A device tensor: two scalars come to the host, not the labels.
+        # A device tensor: one boolean comes to the host, not the labels.
         if 0 in tuple(labels.shape):
+            return
+        bad = labels < 0
+        if limit is not None:
+            bad = keras.ops.logical_or(bad, labels >= limit)
+        if not bool(keras.ops.convert_to_numpy(keras.ops.any(bad))):
             return
         low = int(keras.ops.convert_to_numpy(keras.ops.min(labels)))
         high = int(keras.ops.convert_to_numpy(keras.ops.max(labels)))

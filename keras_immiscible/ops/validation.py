@@ -49,11 +49,22 @@ def check_rank(x, rank, name, what):
 
 
 def check_finite(x, name):
-    """Raises `ValueError` if the concrete tensor `x` holds NaN or inf."""
+    """Raises `ValueError` if the concrete tensor `x` holds NaN or inf.
+
+    The check runs where `x` lives: one boolean comes to the host, not the
+    tensor (on a GPU, a sync but no copy of the batch). The values are
+    counted only to word the error.
+    """
     if not is_concrete(x):
         return
-    values = keras.ops.convert_to_numpy(x)
-    if not np.all(np.isfinite(values)):
+    if isinstance(x, np.ndarray):
+        finite = bool(np.all(np.isfinite(x)))
+    else:
+        finite = bool(
+            keras.ops.convert_to_numpy(keras.ops.all(keras.ops.isfinite(x)))
+        )
+    if not finite:
+        values = keras.ops.convert_to_numpy(x)
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
         raise ValueError(
             f"`{name}` contains {bad} NaN or infinite value(s); the "
