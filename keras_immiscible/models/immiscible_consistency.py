@@ -379,6 +379,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
         batch_size=None,
         sigmas=None,
         initial_noise="standard",
+        guidance_scale=None,
     ):
         """Generates images from pure noise in `steps` consistency steps.
 
@@ -406,6 +407,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
             sampler=sampler,
             batch_size=batch_size,
             initial_noise=initial_noise,
+            guidance_scale=guidance_scale,
         )
 
     def sample(self, noise, steps, sampler, seed, labels=None):

@@ -58,6 +58,13 @@ class ImmiscibleModel(keras.Model):
         data_dtype: `"float32"` (images in [0, 1]) or `"uint8"`; `None`
             takes it from the first training batch.
         seed: int seed of the model's `SeedGenerator` (noise, times).
+        label_dropout: for class-conditional networks, the fraction of
+            training labels replaced by the null label (the last row of the
+            network's class embedding: `num_classes` for
+            `keras_immiscible.layers.UNet(num_classes=...)`), which teaches
+            the network the unconditional prediction that classifier-free
+            guidance needs (`generate(guidance_scale=...)`). 0.1 is the
+            usual choice; 0 (default) trains the conditional model only.
     """
 
     default_steps = 20
@@ -71,6 +78,7 @@ class ImmiscibleModel(keras.Model):
         loss_type="mse",
         data_dtype=None,
         seed=None,
+        label_dropout=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +110,16 @@ class ImmiscibleModel(keras.Model):
         self.label_limit = (
             input_checks.label_limit(network) if self.num_classes_input else None
         )
+        if isinstance(label_dropout, bool) or not isinstance(
+            label_dropout, (int, float, np.integer, np.floating)
+        ) or not 0.0 <= float(label_dropout) < 1.0:
+            raise ValueError(
+                "`label_dropout` must be a fraction in [0, 1), got "
+                f"{label_dropout!r}."
+            )
+        self.label_dropout = float(label_dropout)
+        if self.label_dropout > 0.0:
+            self._null_label()  # Fails early for networks without labels.
         self.assignment_tracker = keras.metrics.Mean(name="assignment_gain")
         # Running per-pixel moments of the noise the model trains on (see
         # `noise_mean`); created here so that they exist before training,
@@ -364,12 +382,41 @@ class ImmiscibleModel(keras.Model):
             self._track_noise(noise)
         if sample_weight is None:
             sample_weight = batch.get("sample_weight")
+        labels = batch.get("labels")
+        if training and self.label_dropout > 0.0 and labels is not None:
+            labels = self._drop_labels(labels)
         loss = self._batch_loss(
-            self.noise_loss(data, noise, batch.get("labels"), training),
+            self.noise_loss(data, noise, labels, training),
             sample_weight,
         )
         losses = [loss] + [ops.sum(extra) for extra in self.losses]
         return ops.sum(ops.stack(losses)) if len(losses) > 1 else loss
+
+    # ------------------------------------------------------ label dropout
+
+    def _null_label(self):
+        """The null label of classifier-free guidance (an int)."""
+        if not self.num_classes_input:
+            raise ValueError(
+                "`label_dropout` and `guidance_scale` need a class-conditional "
+                "network (e.g. keras_immiscible.layers.UNet(num_classes=...))."
+            )
+        if self.label_limit is None:
+            raise ValueError(
+                "The null label of classifier-free guidance is the last row "
+                "of the network's class embedding, but this network has no "
+                "single keras.layers.Embedding to read it from."
+            )
+        return self.label_limit - 1
+
+    def _drop_labels(self, labels):
+        """Replaces a `label_dropout` fraction of `labels` by the null label."""
+        drop = keras.random.uniform(
+            ops.shape(labels), seed=self.seed_generator
+        ) < self.label_dropout
+        return ops.where(
+            drop, ops.full_like(labels, self._null_label()), labels
+        )
 
     # ---------------------------------------------------------- noise moments
 
@@ -457,6 +504,7 @@ class ImmiscibleModel(keras.Model):
         sampler=None,
         batch_size=None,
         initial_noise="standard",
+        guidance_scale=None,
     ):
         """Generates images from pure noise.
 
@@ -496,6 +544,14 @@ class ImmiscibleModel(keras.Model):
                 large k, and data with a non-zero mean). Linear assignment and
                 plain noise keep N(0, I), so both choices agree there up to
                 sampling error. `"matched"` needs a trained model.
+            guidance_scale: classifier-free guidance weight `w` (needs
+                `labels`): the network's prediction becomes
+                `uncond + w * (cond - uncond)`, the unconditional prediction
+                taken at the null label (see `label_dropout`). `None`
+                (default) or 1 is the conditional model, 0 the
+                unconditional one; values above 1 trade diversity for
+                fidelity to the label. Each step then runs the network on
+                twice the batch.
 
         Returns:
             A numpy array (num_images, *image_shape) in the data's range:
@@ -514,6 +570,7 @@ class ImmiscibleModel(keras.Model):
         ) or steps < 1:
             raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
         labels = self._check_labels(labels, num_images)
+        guidance = self._check_guidance(guidance_scale, labels)
         sampler = samplers_lib.get(sampler) if sampler else self.sampler
         self._warn_if_stochastic_on_coupled(sampler, int(steps))
         if batch_size is None:
@@ -541,23 +598,68 @@ class ImmiscibleModel(keras.Model):
         noise_stream = np.random.default_rng(seed)
         seed_generator = keras.random.SeedGenerator(seed)
         outputs = []
-        for start in range(0, num_images, batch_size):
-            count = min(batch_size, num_images - start)
-            chunk_labels = None
-            if labels is not None:
-                chunk_labels = ops.convert_to_tensor(labels[start:start + count])
-            noise = ops.convert_to_tensor(
-                noise_stream.standard_normal(
-                    (count,) + tuple(self.image_shape), dtype=np.float32
-                )
-            )
-            if moments is not None:
-                noise = moments[0] + moments[1] * noise
-            images = self.sample(
-                noise, int(steps), sampler, seed_generator, chunk_labels
-            )
-            outputs.append(ops.convert_to_numpy(self.denormalize(images)))
+        self._guidance = guidance
+        try:
+            for start in range(0, num_images, batch_size):
+                outputs.append(self._generate_chunk(
+                    start, min(batch_size, num_images - start), labels,
+                    noise_stream, moments, int(steps), sampler, seed_generator,
+                ))
+        finally:
+            self._guidance = None
         return np.concatenate(outputs, axis=0)
+
+    def _generate_chunk(
+        self, start, count, labels, noise_stream, moments, steps, sampler,
+        seed_generator,
+    ):
+        """Images `start .. start + count` of a `generate` call (numpy)."""
+        chunk_labels = None
+        if labels is not None:
+            chunk_labels = ops.convert_to_tensor(labels[start:start + count])
+        noise = ops.convert_to_tensor(
+            noise_stream.standard_normal(
+                (count,) + tuple(self.image_shape), dtype=np.float32
+            )
+        )
+        if moments is not None:
+            noise = moments[0] + moments[1] * noise
+        images = self.sample(noise, steps, sampler, seed_generator, chunk_labels)
+        return ops.convert_to_numpy(self.denormalize(images))
+
+    def _check_guidance(self, guidance_scale, labels):
+        """`None` (plain conditional sampling) or `(w, null_label)`."""
+        if guidance_scale is None:
+            return None
+        if isinstance(guidance_scale, bool) or not isinstance(
+            guidance_scale, (int, float, np.integer, np.floating)
+        ) or not np.isfinite(guidance_scale):
+            raise ValueError(
+                "`guidance_scale` must be None or a finite number, got "
+                f"{guidance_scale!r}."
+            )
+        if labels is None:
+            raise ValueError(
+                "`guidance_scale` guides towards `labels`: pass `labels` "
+                "(num_images,) with it."
+            )
+        null = self._null_label()
+        if self.label_dropout == 0.0 and not getattr(
+            self, "_warned_guidance", False
+        ):
+            self._warned_guidance = True
+            warnings.warn(
+                "generate(guidance_scale=...) mixes in the prediction at the "
+                f"null label {null}, but this model was built with "
+                "label_dropout=0, so that prediction was not trained (unless "
+                "the data itself carried the null label). Train with "
+                "label_dropout=0.1 for classifier-free guidance.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if float(guidance_scale) == 1.0:
+            return None  # Exactly the conditional model.
+        return float(guidance_scale), null
 
     def _initial_noise_moments(self, initial_noise):
         """`None` for N(0, I), or the `(mean, std)` tensors of "matched"."""
@@ -665,7 +767,32 @@ class ImmiscibleModel(keras.Model):
         if getattr(self, "_inference_fn", None) is None:
             run = inference_function(self.network)
             self._inference_fn = lambda inputs: ops.cast(run(inputs), "float32")
-        return self._inference_fn
+        guidance = getattr(self, "_guidance", None)
+        if guidance is None:
+            return self._inference_fn
+        return self._guided(self._inference_fn, *guidance)
+
+    @staticmethod
+    def _guided(network, scale, null_label):
+        """Classifier-free guidance around an inference function.
+
+        One network call on the batch twice over, with its labels and with
+        the null label: `uncond + scale * (cond - uncond)`.
+        """
+
+        def guided(inputs):
+            noisy, level, labels = inputs
+            both = network([
+                ops.concatenate([noisy, noisy], axis=0),
+                ops.concatenate([level, level], axis=0),
+                ops.concatenate(
+                    [labels, ops.full_like(labels, null_label)], axis=0
+                ),
+            ])
+            cond, uncond = ops.split(both, 2, axis=0)
+            return uncond + scale * (cond - uncond)
+
+        return guided
 
     # --------------------------------------------------------- serialization
 
@@ -679,6 +806,7 @@ class ImmiscibleModel(keras.Model):
                 "loss_type": self.loss_type,
                 "data_dtype": self.data_dtype,
                 "seed": self.seed,
+                "label_dropout": self.label_dropout,
             }
         )
         return config
