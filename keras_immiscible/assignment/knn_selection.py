@@ -37,7 +37,7 @@ class KNNSelection(NoiseAssigner):
             shape = (ops.shape(data)[0],) + shape[1:]
         return keras.random.normal(shape, dtype=data.dtype, seed=seed)
 
-    def assign(self, data, candidates):
+    def assign(self, data, candidates, labels=None):
         nearest = ops.argmin(candidate_distances(data, candidates), axis=1)
         picked = ops.one_hot(nearest, self.k, dtype=candidates.dtype)
         picked = ops.reshape(

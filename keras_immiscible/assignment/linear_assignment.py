@@ -29,38 +29,86 @@ class LinearAssignment(NoiseAssigner):
             The two metrics can have different optima.
         quantize: compute the cost in float16, as the paper's recipe does,
             with inputs scaled so that nothing overflows.
+        per_class: assign within each class of the batch (needs `labels`
+            when called; models pass their batch's labels). Noise drawn for
+            a sample of class c goes to a sample of class c, so every
+            class's noise stays a permutation of its own i.i.d. draws and
+            keeps its N(0, I) prior; a global assignment pairs images with
+            noise across classes and skews each class's noise towards its
+            images (arXiv 2503.10636). One B x B solve in which pairs across
+            classes cost more than any within-class permutation: the same
+            optimum as one solve per class. Default False (the papers'
+            recipe, which assigns across labels).
 
     Example:
 
     >>> assigner = LinearAssignment(solver="scipy")
     >>> noise = assigner(images, seed=1)
     >>> noise, change = assigner(images, seed=1, return_change=True)
+    >>> per_class = LinearAssignment(per_class=True)
+    >>> noise = per_class(images, seed=1, labels=labels)
     """
 
-    def __init__(self, solver="scipy", metric="sq_l2", quantize=False):
+    def __init__(
+        self, solver="scipy", metric="sq_l2", quantize=False, per_class=False
+    ):
         check_solver(solver)
         check_metric(metric)
         if not isinstance(quantize, bool):
             raise TypeError(f"`quantize` must be a bool, got {quantize!r}.")
+        if not isinstance(per_class, bool):
+            raise TypeError(f"`per_class` must be a bool, got {per_class!r}.")
         self.solver = solver
         self.metric = metric
         self.quantize = quantize
+        self.per_class = per_class
 
     @property
     def on_host(self):
         """Whether the solver runs on the host (not XLA-compilable on TF)."""
         return self.solver == "scipy"
 
-    def assign(self, data, candidates):
+    def assign(self, data, candidates, labels=None):
         cost = assignment_cost(
             data, candidates, metric=self.metric, quantize=self.quantize
         )
+        if self.per_class:
+            cost = self._within_classes(cost, labels)
         columns = linear_sum_assignment(cost, solver=self.solver)
         return ops.take(candidates, columns, axis=0)
+
+    @staticmethod
+    def _within_classes(cost, labels):
+        """`cost` with pairs across classes priced out of every optimum.
+
+        Candidate j was drawn for sample j, so it belongs to class
+        `labels[j]`. Adding `B (max - min + 1)` to the pairs whose classes
+        differ makes any permutation that uses one cost more than every
+        within-class permutation (one exists: the identity), so the optimum
+        is the per-class optimum.
+        """
+        if labels is None:
+            raise ValueError(
+                "LinearAssignment(per_class=True) assigns within classes: "
+                "call it with `labels` (B,)."
+            )
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        if labels.shape[0] is not None and cost.shape[0] is not None and (
+            labels.shape[0] != cost.shape[0]
+        ):
+            raise ValueError(
+                f"`labels` must have one entry per sample ({cost.shape[0]}), "
+                f"got {labels.shape[0]}."
+            )
+        across = ops.not_equal(labels[:, None], labels[None, :])
+        size = ops.cast(ops.shape(cost)[0], cost.dtype)
+        penalty = size * (ops.max(cost) - ops.min(cost) + 1.0)
+        return ops.where(across, cost + penalty, cost)
 
     def get_config(self):
         return {
             "solver": self.solver,
             "metric": self.metric,
             "quantize": self.quantize,
+            "per_class": self.per_class,
         }

@@ -41,6 +41,9 @@ class NoiseAssigner:
         return_change: also return the relative change of the mean
             data-noise L2 distance against the unassigned draw (see
             `distance_change`).
+        labels: optional int class labels (B,), for assigners that use
+            them (`LinearAssignment(per_class=True)`); passed on to
+            `assign`.
 
     Returns:
         Noise with the shape and dtype of `data`; with `return_change=True`,
@@ -49,10 +52,13 @@ class NoiseAssigner:
 
     on_host = False
 
-    def __call__(self, data, seed=None, return_change=False):
+    def __call__(self, data, seed=None, return_change=False, labels=None):
         data = self._check_data(data)
         candidates = self.draw(data, seed=seed)
-        noise = self.assign(data, candidates)
+        if labels is None:
+            noise = self.assign(data, candidates)
+        else:
+            noise = self.assign(data, candidates, labels=labels)
         if not return_change:
             return noise
         return noise, distance_change(data, noise, self.unassigned(candidates))
@@ -63,8 +69,12 @@ class NoiseAssigner:
             ops.shape(data), dtype=data.dtype, seed=seed
         )
 
-    def assign(self, data, candidates):
-        """Returns the noise each sample of `data` trains with."""
+    def assign(self, data, candidates, labels=None):
+        """Returns the noise each sample of `data` trains with.
+
+        `labels` (B,) are the samples' classes, for assigners that use them;
+        others ignore them.
+        """
         return candidates
 
     def unassigned(self, candidates):

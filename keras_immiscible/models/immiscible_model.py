@@ -118,6 +118,14 @@ class ImmiscibleModel(keras.Model):
                 f"{label_dropout!r}."
             )
         self.label_dropout = float(label_dropout)
+        if getattr(self.assigner, "per_class", False) and not (
+            self.num_classes_input
+        ):
+            raise ValueError(
+                f"{self.assigner!r} assigns within classes, but the network "
+                "is unconditional: build it with `num_classes` (and train on "
+                "(images, labels)), or use per_class=False."
+            )
         if self.label_dropout > 0.0:
             self._null_label()  # Fails early for networks without labels.
         self.assignment_tracker = keras.metrics.Mean(name="assignment_gain")
@@ -367,9 +375,15 @@ class ImmiscibleModel(keras.Model):
             )
         data = self.normalize(images)
         noise = batch.get("noise")
+        labels = batch.get("labels")
         if noise is None:
+            # Class-aware assigners (LinearAssignment(per_class=True)) get
+            # the labels; the others keep their (data, seed) signature.
+            extra = {}
+            if getattr(self.assigner, "per_class", False):
+                extra["labels"] = labels
             noise, change = self.assigner(
-                data, seed=self.seed_generator, return_change=True
+                data, seed=self.seed_generator, return_change=True, **extra
             )
             self.assignment_tracker.update_state(-change)
         else:
@@ -382,7 +396,6 @@ class ImmiscibleModel(keras.Model):
             self._track_noise(noise)
         if sample_weight is None:
             sample_weight = batch.get("sample_weight")
-        labels = batch.get("labels")
         if training and self.label_dropout > 0.0 and labels is not None:
             labels = self._drop_labels(labels)
         loss = self._batch_loss(
