@@ -9,6 +9,13 @@ a class attribute `kind` that says what `fn(x_t, t)` must return:
 `ImmiscibleConsistency` alone: its `sample(consistency_fn, initial_noise,
 steps, seed=None, ...)` evaluates the consistency function at a few noise
 levels instead of integrating a schedule.
+
+Every sampler also says whether it draws fresh noise between its steps:
+the read-only `stochastic` property and `is_stochastic(steps)` (DDPM and
+`DDIM(eta > 0)` always; `ConsistencySampler` with more than one level;
+`Euler`, `Heun` and `DDIM(eta=0)` never). Only deterministic sampling stays
+valid on a model trained with assigned (coupled) noise; `generate` warns
+otherwise.
 """
 
 import keras
