@@ -2,7 +2,7 @@
 Title: Choosing an assigner
 Author: keras-immiscible contributors
 Date created: 2026/11/26
-Last modified: 2026/11/26
+Last modified: 2026/12/01
 Description: Linear assignment on the host or on the device, k-nearest selection, batch size effects and costs, measured on your machine.
 Accelerator: None (CPU)
 """

@@ -13,6 +13,7 @@ The header and length checks are cheap and run under every backend.
 
 import ast
 import csv
+import datetime
 import math
 import os
 import re
@@ -151,6 +152,30 @@ def floats(pattern, text, count=None):
 # ------------------------------------------------------------------ format
 
 
+def header_date(text):
+    """A header date: keras.io's YYYY/MM/DD, a real calendar date, not
+    before the immiscible diffusion paper (2024) and not in the future (one
+    day of slack for the author's time zone)."""
+    assert re.fullmatch(r"\d{4}/\d{2}/\d{2}", text), text
+    date = datetime.datetime.strptime(text, "%Y/%m/%d").date()  # 2026/02/30 fails
+    tomorrow = datetime.date.today() + datetime.timedelta(days=1)
+    assert datetime.date(2024, 1, 1) <= date <= tomorrow, text
+    return date
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [("2026/11/26", True), ("2026-11-26", False), ("2026/2/3", False),
+     ("2026/02/30", False), ("2023/12/31", False), ("2999/01/01", False)],
+)
+def test_header_date_check(text, ok):
+    if ok:
+        assert header_date(text) == datetime.date(2026, 11, 26)
+    else:
+        with pytest.raises((AssertionError, ValueError)):
+            header_date(text)
+
+
 def test_every_guide_has_a_backend():
     on_disk = sorted(p.stem for p in GUIDES_DIR.glob("*.py"))
     assert on_disk == sorted(GUIDE_BACKENDS)
@@ -169,8 +194,9 @@ def test_guide_format(name):
     )
     assert tuple(fields) == HEADER_FIELDS
     assert fields["Author"] == "keras-immiscible contributors"
-    assert fields["Date created"] == "2026/11/26"
-    assert fields["Last modified"] == "2026/11/26"
+    created = header_date(fields["Date created"])
+    modified = header_date(fields["Last modified"])
+    assert created <= modified, (created, modified)
     assert fields["Accelerator"] in ("None (CPU)", "GPU")
     assert len(fields["Description"]) <= 200
     # Markdown cells: bare triple-quoted strings between the code.
@@ -207,6 +233,7 @@ def check_five_minutes(stdout, outputs):
     for fid, kid, _ in scores.values():
         assert math.isfinite(fid) and fid >= 0.0
         assert math.isfinite(kid)
+    check_digits_scores(outputs / "digits_linear.keras", *scores["linear"][:2])
     assert 0.0 < scores["linear"][2] < 0.5
     assert scores["vanilla"][2] == 0.0
     (diff,) = floats(r"max sample difference (\S+)$", stdout, count=1)[0]
@@ -234,6 +261,68 @@ def check_five_minutes(stdout, outputs):
     assert grid.shape == (grid_side(4, 16, 2),) * 2
     assert "LinearAssignment" in keras_archive_config(
         outputs / "my_images.keras"
+    )
+
+
+def check_digits_scores(model_path, fid, kid):
+    """The guide's printed FID and KID of its linear model, redone here.
+
+    The smoke run trains too little (11 steps) for a quality bound: its
+    KID (about 1,600 in the digits feature space) is that of an untrained
+    model, and uniform noise scores better (about 1,070). So the check is
+    that the printed numbers are the metrics of that model's samples: the
+    saved model generates the guide's evaluation images again (64 images,
+    5 DDIM steps, seed 1), and FID (scipy's sqrtm) and KID (unbiased MMD^2
+    with scikit-learn's polynomial kernel) are recomputed on the digits
+    features against the test split. FID is deterministic: equal up to the
+    printed rounding. KID averages 100 random 64-image subsets of the 360
+    real images (all 64 generated ones each time), whose expectation is the
+    MMD^2 of the full sets; the tolerance is 5 standard errors of that
+    average, with the spread of one subset estimate measured here by
+    resampling.
+    """
+    import warnings
+
+    import scipy.linalg
+    from sklearn.metrics.pairwise import polynomial_kernel
+
+    import keras_immiscible as ki
+
+    model = keras.models.load_model(model_path)
+    images = model.generate(64, steps=5, seed=1)
+    extractor = ki.metrics.digits_feature_extractor()
+    gen = np.asarray(extractor(images), dtype=np.float64)
+    real = np.asarray(
+        extractor(ki.data.load_digits(split="test")), dtype=np.float64
+    )
+    assert real.shape == (360, gen.shape[1]) and gen.shape[0] == 64
+
+    s_real, s_gen = np.cov(real, rowvar=False), np.cov(gen, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular: 64 images, 64 features
+        root = scipy.linalg.sqrtm(s_real @ s_gen).real
+    expected_fid = np.sum((real.mean(0) - gen.mean(0)) ** 2) + np.trace(
+        s_real + s_gen - 2.0 * root
+    )
+    assert fid == pytest.approx(expected_fid, rel=1e-5, abs=2e-3)
+
+    def mmd2(x, y):
+        gamma = 1.0 / x.shape[1]
+        kxx, kyy, kxy = (
+            polynomial_kernel(a, b, degree=3, gamma=gamma, coef0=1)
+            for a, b in ((x, x), (y, y), (x, y))
+        )
+        m, n = len(x), len(y)
+        return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+                + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                - 2.0 * kxy.mean())
+
+    rng = np.random.default_rng(0)
+    spread = np.std([
+        mmd2(real[rng.choice(360, 64, replace=False)], gen) for _ in range(200)
+    ])
+    assert abs(kid - mmd2(real, gen)) < 5.0 * spread / np.sqrt(100), (
+        kid, mmd2(real, gen), spread,
     )
 
 
