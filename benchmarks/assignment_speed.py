@@ -93,12 +93,28 @@ def parse_args(argv=None):
     parser.add_argument("--append", action="store_true",
                         help="add this run's records to an existing JSON "
                         "(e.g. the other --data) and redo its table and plot")
+    parser.add_argument("--study", choices=("solvers", "host"),
+                        help="instead of the grid: 'solvers' times the old "
+                        "and new auction and scipy on the same costs (D=3072, "
+                        "JAX), with rounds and gaps; 'host' times the exact "
+                        "host path against the paper's recipe at B=1024, "
+                        "D=3072, data in [0, 1] and [-1, 1], and lapx vs "
+                        "scipy; both append to the JSON")
+    parser.add_argument("--study-data", default="image,digits",
+                        help="data of the studies: image (smooth fields), "
+                        "digits")
+    parser.add_argument("--problems", type=int, default=5,
+                        help="problems per batch size (solvers study)")
+    parser.add_argument("--old-problems", type=int, default=2,
+                        help="problems per batch size the old auction solves")
+    parser.add_argument("--old-max-batch", type=int, default=2048)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.dims = [int(d) for d in args.dims.split(",")]
     args.backends = [b for b in args.backends.split(",") if b]
     args.methods = [m for m in args.methods.split(",") if m]
+    args.study_data = [d for d in args.study_data.split(",") if d]
     for method in args.methods:
         if method not in METHODS:
             parser.error(f"unknown method {method!r}; known: {list(METHODS)}")
@@ -374,6 +390,282 @@ def worker(args):
                 _common.emit(record)
 
 
+
+# ------------------------------------------------- solvers study (issue 13)
+
+
+def smooth_images(num, dims, rng):
+    """Image-like data: low-pass filtered Gaussian fields, 32x32xC, in [-1, 1].
+
+    Each image is white noise convolved (in Fourier space) with a Gaussian of
+    about 2.7 pixels, then scaled to a maximum |value| of 1: spatially
+    correlated, full rank, unlike the upsampled digits.
+    """
+    import numpy as np
+
+    side = 32
+    channels = dims // (side * side)
+    z = rng.standard_normal((num, side, side, channels))
+    f = np.fft.fftfreq(side)
+    kernel = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.06 ** 2))
+    z = np.real(np.fft.ifft2(np.fft.fft2(z, axes=(1, 2))
+                             * kernel[None, :, :, None], axes=(1, 2)))
+    z /= np.abs(z).max(axis=(1, 2, 3), keepdims=True)
+    return z.reshape(num, -1).astype(np.float32)
+
+
+def study_images(kind, num, dims, rng):
+    if kind == "image":
+        return smooth_images(num, dims, rng)
+    return make_images(num, dims, rng, "digits")
+
+
+def _legacy_bidding_round(benefit, prices, person_to_object, object_to_person, eps):
+    """One Jacobi round: all unassigned persons bid, objects pick winners."""
+    from keras import ops
+
+    n = benefit.shape[0]
+    _NEG = -1e30
+    persons = ops.arange(n, dtype="int32")
+    unassigned = person_to_object < 0
+
+    values = benefit - prices[None, :]
+    # Best and second-best value per row (two reductions: much faster than
+    # `top_k` on XLA:CPU and as fast on GPU).
+    best_object = ops.cast(ops.argmax(values, axis=1), "int32")
+    best_value = ops.max(values, axis=1)
+    is_best = ops.arange(n, dtype="int32")[None, :] == best_object[:, None]
+    second_value = ops.max(ops.where(is_best, _NEG, values), axis=1)
+    increment = best_value - second_value + eps
+    bid = ops.take(prices, best_object) + increment
+
+    # Assigned persons do not bid: send them to a dummy object `n`.
+    target = ops.where(unassigned, best_object, n)
+    bid = ops.where(unassigned, bid, _NEG)
+    best_bid = ops.segment_max(bid, target, num_segments=n + 1)[:n]
+    # Empty segments come back as -inf or the dtype's lowest value depending
+    # on the backend; a real bid always exceeds the current price.
+    has_bid = best_bid > prices
+    best_bid_of_target = ops.take(
+        ops.concatenate([best_bid, ops.full((1,), _NEG, bid.dtype)]), target
+    )
+    is_winner = ops.logical_and(unassigned, bid >= best_bid_of_target)
+    winner = ops.segment_max(
+        ops.where(is_winner, persons, -1), target, num_segments=n + 1
+    )[:n]
+    winner = ops.cast(winner, "int32")
+
+    new_prices = ops.where(has_bid, best_bid, prices)
+    new_object_to_person = ops.where(has_bid, winner, object_to_person)
+
+    # Evict the previous owners of the objects that changed hands, then seat
+    # the winners. Writes meant for nobody go to the dummy slot `n`.
+    objects = ops.arange(n, dtype="int32")
+    evicted = ops.where(
+        ops.logical_and(has_bid, object_to_person >= 0), object_to_person, n
+    )
+    padded = ops.concatenate([person_to_object, -ops.ones((1,), "int32")])
+    padded = ops.scatter_update(
+        padded, evicted[:, None], -ops.ones((n,), "int32")
+    )
+    seated = ops.where(has_bid, new_object_to_person, n)
+    padded = ops.scatter_update(padded, seated[:, None], objects)
+    return new_prices, padded[:n], new_object_to_person
+
+
+
+def legacy_auction(cost, epsilon=None, initial_epsilon=0.25, scaling=5.0,
+                   max_rounds=None):
+    """The auction as it was before issue 13, for this benchmark only.
+
+    Jacobi auction with epsilon scaling relative to the full cost range
+    (final epsilon 1 / (64 n), shrinking by 5 from 0.25), zero initial
+    prices. Returns `(columns, bidding rounds)`.
+    """
+    from keras import ops
+
+    from keras_immiscible.ops.auction import _complete
+
+    n = int(cost.shape[0])
+    epsilon = 1.0 / (64.0 * n) if epsilon is None else epsilon
+    max_rounds = max(2000, 40 * n) if max_rounds is None else max_rounds
+    epsilon = ops.cast(epsilon, "float32")
+    initial_epsilon = ops.maximum(ops.cast(initial_epsilon, "float32"),
+                                  epsilon)
+    cost = ops.cast(cost, "float32")
+    span = ops.maximum(ops.max(cost) - ops.min(cost), 1e-30)
+    benefit = (ops.max(cost) - cost) / span
+    state = (ops.zeros((n,), "float32"), -ops.ones((n,), "int32"),
+             -ops.ones((n,), "int32"), initial_epsilon,
+             ops.convert_to_tensor(0, "int32"))
+    final_eps = epsilon * (1.0 + 1e-4)
+
+    def cond(prices, p2o, o2p, eps, rounds):
+        done = ops.logical_and(ops.all(p2o >= 0), eps <= final_eps)
+        return ops.logical_and(ops.logical_not(done), rounds < max_rounds)
+
+    def body(prices, p2o, o2p, eps, rounds):
+        next_phase = ops.all(p2o >= 0)
+        eps = ops.where(next_phase, ops.maximum(eps / scaling, epsilon), eps)
+        p2o = ops.where(next_phase, ops.full_like(p2o, -1), p2o)
+        o2p = ops.where(next_phase, ops.full_like(o2p, -1), o2p)
+        prices, p2o, o2p = _legacy_bidding_round(benefit, prices, p2o, o2p,
+                                                 eps)
+        return prices, p2o, o2p, eps, rounds + 1
+
+    prices, p2o, o2p, _, rounds = ops.while_loop(
+        cond, body, state, maximum_iterations=max_rounds)
+    return _complete(p2o, o2p), rounds
+
+
+
+def solvers_worker(args):
+    """Old auction vs new auction vs scipy on the same costs (JAX, XLA)."""
+    import jax
+    import numpy as np
+    import scipy.optimize
+
+    from keras_immiscible.ops.auction import auction_assignment
+    from keras_immiscible.ops.linear_sum_assignment import reduce_cost
+
+    new = jax.jit(lambda c: auction_assignment(c, return_info=True))
+    old = jax.jit(legacy_auction)
+    rng = np.random.default_rng(args.seed)
+    dims = 3072
+    for kind in args.study_data:
+        for batch in args.batch_sizes:
+            old_compiled = None
+            for problem in range(args.problems):
+                x = study_images(kind, batch, dims, rng)
+                noise = rng.standard_normal((batch, dims), dtype=np.float32)
+                cost = -2.0 * (x @ noise.T)  # what LinearAssignment solves
+                c64 = cost.astype(np.float64)
+                rows, cols = scipy.optimize.linear_sum_assignment(
+                    reduce_cost(c64))
+                opt = float(c64[rows, cols].sum())
+                gain = float(np.trace(c64)) - opt
+
+                def gap(columns):
+                    columns = np.asarray(columns)
+                    assert np.array_equal(np.sort(columns), np.arange(batch))
+                    return (float(c64[np.arange(batch), columns].sum())
+                            - opt) / gain
+
+                base = {"study": "solvers", "data": kind, "batch_size": batch,
+                        "dims": dims, "problem": problem}
+                device_cost = jax.device_put(cost)
+                calls = {
+                    "scipy": (lambda: scipy.optimize.linear_sum_assignment(
+                        reduce_cost(cost.astype(np.float64)))[1],
+                        lambda out: out),
+                    "auction": (lambda: new(device_cost),
+                                jax.block_until_ready),
+                }
+                first = {}
+                for name, (call, sync) in calls.items():
+                    first[name] = _common.time_call(call, sync)
+                times = {name: [] for name in calls}
+                for _ in range(args.repeats):
+                    for name, (call, sync) in calls.items():
+                        times[name].append(_common.time_call(call, sync))
+                columns, info = new(device_cost)
+                _common.emit(dict(
+                    base, method="scipy",
+                    median_ms=1000 * _common.median(times["scipy"]), gap=0.0))
+                _common.emit(dict(
+                    base, method="auction",
+                    median_ms=1000 * _common.median(times["auction"]),
+                    rounds=int(info["rounds"]),
+                    tail_steps=int(info["tail_steps"]),
+                    sinkhorn_iterations=int(info["sinkhorn_iterations"]),
+                    gap=gap(columns), gap_bound=float(info["gap_bound"]),
+                    converged=bool(info["converged"])))
+                if problem < args.old_problems and batch <= args.old_max_batch:
+                    if old_compiled is None:
+                        old_compiled = old.lower(device_cost).compile()
+                    start = _common.time.perf_counter()
+                    columns, rounds = jax.block_until_ready(
+                        old_compiled(device_cost))
+                    seconds = _common.time.perf_counter() - start
+                    _common.emit(dict(
+                        base, method="old_auction", median_ms=1000 * seconds,
+                        repeats=1, rounds=int(rounds), gap=gap(columns)))
+
+
+def paper_numpy_blas(x, noise):
+    """The paper's recipe as a numpy user writes it: float32 BLAS matmul
+    L2 of 0.1 x vs 0.1 n, cast to float16, then scipy."""
+    import numpy as np
+    import scipy.optimize
+
+    xs, ns = 0.1 * x, 0.1 * noise
+    sq = (np.sum(xs * xs, 1)[:, None] + np.sum(ns * ns, 1)[None, :]
+          - 2.0 * (xs @ ns.T))
+    dist = np.sqrt(np.maximum(sq, 0.0)).astype(np.float16)
+    _, cols = scipy.optimize.linear_sum_assignment(dist)
+    return noise[cols]
+
+
+def host_worker(args):
+    """The exact host path against the paper's recipe, and lapx vs scipy."""
+    import keras
+    import numpy as np
+    import scipy.optimize
+
+    import keras_immiscible as ki
+    from keras_immiscible.ops.linear_sum_assignment import reduce_cost
+
+    try:
+        import lap
+    except ImportError:
+        lap = None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(args.seed)
+    batch, dims = 1024, 3072
+    assigner = ki.assignment.LinearAssignment(solver="scipy")
+    for kind in args.study_data:
+        for low in (0.0, -1.0):
+            x = study_images(kind, batch, dims, rng)  # in [-1, 1]
+            x = (low + (1.0 - low) * (x + 1.0) / 2.0).astype(np.float32)
+            noise = rng.standard_normal((batch, dims), dtype=np.float32)
+            xd, nd = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(noise)
+            cost = -2.0 * (x.astype(np.float64) @ noise.astype(np.float64).T)
+            reduced = reduce_cost(cost)
+            calls = {
+                "paper_numpy_blas_fp16": lambda: paper_numpy_blas(x, noise),
+                "host_scipy": lambda: keras.ops.convert_to_numpy(
+                    assigner.assign(xd, nd)),
+                "scipy_unreduced_solve": lambda: scipy.optimize
+                .linear_sum_assignment(cost),
+                "scipy_reduced_solve": lambda: scipy.optimize
+                .linear_sum_assignment(reduced),
+            }
+            if torch is not None:
+                xt, nt = torch.from_numpy(x), torch.from_numpy(noise)
+                calls["paper_torch_fp16"] = lambda: paper_torch_fp16(xt, nt)
+            if lap is not None:
+                calls["lapjv_reduced_solve"] = lambda: lap.lapjv(
+                    reduced, extend_cost=False)
+                calls["lapjv_unreduced_solve"] = lambda: lap.lapjv(
+                    cost, extend_cost=False)
+            times = {name: [] for name in calls}
+            for name, call in calls.items():
+                call()
+            for _ in range(args.repeats):
+                for name, call in calls.items():
+                    times[name].append(_common.time_call(call))
+            for name in calls:
+                _common.emit({
+                    "study": "host", "data": kind,
+                    "data_range": f"[{low:g}, 1]", "batch_size": batch,
+                    "dims": dims, "method": name,
+                    "median_ms": 1000 * _common.median(times[name]),
+                    "min_ms": 1000 * min(times[name]),
+                    "repeats": len(times[name])})
+
 # ---------------------------------------------------------------- report
 
 
@@ -383,6 +675,13 @@ DATA_DESCRIPTIONS = {
     "whatever D), vs standard normal noise (float32)",
     "uniform": "uniform images in [-1, 1] (i.i.d. pixels, full rank) vs "
     "standard normal noise (float32)",
+}
+
+
+STUDY_DATA = {
+    "image": "image-like: smooth random fields (white noise low-passed by a "
+    "Gaussian of ~2.7 px), 32x32x3 in [-1, 1], vs standard normal noise",
+    "digits": DATA_DESCRIPTIONS["digits"],
 }
 
 
@@ -640,12 +939,187 @@ def plot(path, records):
     fig.savefig(path, dpi=100)
 
 
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if len(values) % 2 else (
+        0.5 * (values[len(values) // 2 - 1] + values[len(values) // 2]))
+
+
+def study_lines(headers, records):
+    """Tables of the issue-13 studies (solvers; host path)."""
+    lines = ["", "# Solvers study (issue 13)", ""]
+    for h in headers:
+        lines.append(f"- `{h['command']}`: {h['machine']}; {h['date']}; "
+                     f"data: {h['data_description']}")
+    solvers = [r for r in records if r["study"] == "solvers"
+               and "median_ms" in r]
+    for data in sorted({r["data"] for r in solvers}, reverse=True):
+        rows = [r for r in solvers if r["data"] == data]
+        batches = sorted({r["batch_size"] for r in rows})
+        lines += [
+            "",
+            f"## {data} vs noise, D = 3072: bidding rounds, time, gap",
+            "",
+            "Cost `-2 x.n^T` (float32, what `LinearAssignment` solves); per "
+            "B, medians over the problems (count in brackets). Rounds: "
+            "bidding rounds (each a pass over the B x B cost); tail steps: "
+            "the new auction's augmenting-path steps for the last <= B/64 "
+            "rows (each O(B) work). Gap: `(total - optimum) / (identity - "
+            "optimum)` against scipy; bound: the auction's own certificate "
+            "(`gap_bound`, tolerance 1e-3). Old auction and scipy on the "
+            "same costs; the old auction runs once per problem (no repeats).",
+            "",
+            "| B | old rounds | new rounds (max) | new tail steps | rounds "
+            "ratio old/new | old ms | new ms | scipy ms (reduced) | new gap "
+            "max | new bound max | bound >= gap |",
+            "|---" * 11 + "|",
+        ]
+        for b in batches:
+            new = [r for r in rows if r["batch_size"] == b
+                   and r["method"] == "auction"]
+            old = [r for r in rows if r["batch_size"] == b
+                   and r["method"] == "old_auction"]
+            sci = [r for r in rows if r["batch_size"] == b
+                   and r["method"] == "scipy"]
+            old_rounds = _median([r["rounds"] for r in old]) if old else None
+            new_rounds = _median([r["rounds"] for r in new])
+            ratio = (f"{old_rounds / max(new_rounds, 1):.0f}x"
+                     if old_rounds else "-")
+            lines.append("| " + " | ".join([
+                str(b),
+                f"{old_rounds:.0f} ({len(old)})" if old else "-",
+                f"{new_rounds:.0f} ({max(r['rounds'] for r in new)}; "
+                f"{len(new)})",
+                f"{_median([r['tail_steps'] for r in new]):.0f}",
+                ratio,
+                _common.fmt_ms(_median([r["median_ms"] for r in old]))
+                if old else "-",
+                _common.fmt_ms(_median([r["median_ms"] for r in new])),
+                _common.fmt_ms(_median([r["median_ms"] for r in sci])),
+                f"{max(r['gap'] for r in new):.1e}",
+                f"{max(r['gap_bound'] for r in new):.1e}",
+                str(all(r["gap_bound"] >= r["gap"] - 1e-7 for r in new)),
+            ]) + " |")
+    host = [r for r in records if r["study"] == "host"]
+    if host:
+        lines += [
+            "",
+            "## Exact host path vs the paper's recipe (B = 1024, D = 3072)",
+            "",
+            "Median ms, methods timed in turns in one process. "
+            "`paper_numpy_blas_fp16`: L2 of `0.1 x` vs `0.1 n` with a "
+            "float32 BLAS matmul, cast to float16, then scipy; "
+            "`paper_torch_fp16`: `torch.cdist` in float16, then scipy; "
+            "`host_scipy`: `LinearAssignment(solver='scipy').assign` (float32 "
+            "`-2 x.n^T`, row then column minima subtracted, scipy). Solve "
+            "only: scipy and lapx's `lapjv` on the unreduced and the reduced "
+            "float64 cost.",
+            "",
+        ]
+        methods = []
+        for r in host:
+            if r["method"] not in methods:
+                methods.append(r["method"])
+        cells = sorted({(r["data"], r["data_range"]) for r in host},
+                       reverse=True)
+        lines.append("| method | " + " | ".join(
+            f"{d}, {rng}" for d, rng in cells) + " |")
+        lines.append("|---" * (len(cells) + 1) + "|")
+        by = {(r["data"], r["data_range"], r["method"]): r for r in host}
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(
+                _common.fmt_ms(by[(d, rng, m)]["median_ms"])
+                if (d, rng, m) in by else "-" for d, rng in cells) + " |")
+        for label, num, den in (
+            ("paper recipe (numpy BLAS fp16) / host_scipy",
+             "paper_numpy_blas_fp16", "host_scipy"),
+            ("paper recipe (torch.cdist fp16) / host_scipy",
+             "paper_torch_fp16", "host_scipy"),
+            ("scipy unreduced / reduced (solve only)",
+             "scipy_unreduced_solve", "scipy_reduced_solve"),
+            ("scipy reduced / lapjv reduced (solve only)",
+             "scipy_reduced_solve", "lapjv_reduced_solve"),
+        ):
+            row = []
+            for d, rng in cells:
+                a, b = by.get((d, rng, num)), by.get((d, rng, den))
+                row.append(f"{a['median_ms'] / b['median_ms']:.1f}x"
+                           if a and b else "-")
+            lines.append(f"| ratio: {label} | " + " | ".join(row) + " |")
+    return lines
+
+
+def plot_study(path, records):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    solvers = [r for r in records if r["study"] == "solvers"
+               and "median_ms" in r]
+    kinds = sorted({r["data"] for r in solvers}, reverse=True)
+    if not kinds:
+        return
+    fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 8),
+                             squeeze=False)
+    for col, data in enumerate(kinds):
+        rows = [r for r in solvers if r["data"] == data]
+        for method, label in (("old_auction", "old auction"),
+                              ("auction", "new auction"),
+                              ("scipy", "scipy (reduced cost)")):
+            batches = sorted({r["batch_size"] for r in rows
+                              if r["method"] == method})
+            ms = [_median([r["median_ms"] for r in rows
+                           if r["method"] == method and r["batch_size"] == b])
+                  for b in batches]
+            axes[0][col].plot(batches, ms, marker="o", label=label)
+            if method != "scipy":
+                rounds = [_median([r["rounds"] for r in rows
+                                   if r["method"] == method
+                                   and r["batch_size"] == b])
+                          for b in batches]
+                axes[1][col].plot(batches, rounds, marker="o",
+                                  label=label + " bidding rounds")
+        tails = sorted({r["batch_size"] for r in rows
+                        if r["method"] == "auction"})
+        axes[1][col].plot(tails, [_median(
+            [r["tail_steps"] for r in rows if r["method"] == "auction"
+             and r["batch_size"] == b]) for b in tails], marker="s",
+            linestyle="--", label="new auction tail steps (O(B) each)")
+        for ax, ylabel in ((axes[0][col], "median ms per solve (JAX, CPU)"),
+                           (axes[1][col], "count (median)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size B")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{data} vs noise, D = 3072")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
-        worker(args)
+        {"solvers": solvers_worker, "host": host_worker}.get(
+            args.study, worker)(args)
         return
     out = os.path.join(args.output_dir, args.name)
+    if args.study:
+        records = _common.read_json(out + ".json")
+        records.append(_common.header(
+            "assignment_speed", study=args.study,
+            data_description="; ".join(STUDY_DATA[d] for d in args.study_data),
+            versions=_common.versions()))
+        worker_args = [a for a in (argv if argv is not None else sys.argv[1:])
+                       if a != "--append"]
+        records += _common.run_worker(
+            os.path.abspath(__file__), "jax", worker_args + ["--worker"])
+        _common.write_json(out + ".json", records)
+        report(out, records)
+        print(f"wrote {out}.json, {out}.md, {out}.png")
+        return
     records = _common.read_json(out + ".json") if args.append else []
     head = _common.header(
         "assignment_speed", data=args.data,
@@ -670,8 +1144,15 @@ def report(out, records):
     """(Re)writes the table and the plot from the records of the JSON."""
     headers = [r for r in records if r.get("header")]
     rows = [r for r in records if not r.get("header")]
-    write_table(out + ".md", headers, rows)
-    plot(out + ".png", rows)
+    grid = [r for r in rows if "study" not in r]
+    study = [r for r in rows if "study" in r]
+    write_table(out + ".md", [h for h in headers if "study" not in h], grid)
+    plot(out + ".png", grid)
+    if study:
+        lines = study_lines([h for h in headers if "study" in h], study)
+        with open(out + ".md", "a") as f:
+            f.write("\n".join(lines) + "\n")
+        plot_study(out + "_solvers.png", study)
 
 
 if __name__ == "__main__":
