@@ -357,7 +357,10 @@ def test_get_resolves_identifiers():
     assert type(assignment.get("vanilla")) is RandomNoise
     linear = assignment.get("linear")
     assert type(linear) is LinearAssignment
-    assert linear.get_config() == {"solver": "scipy", "metric": "sq_l2", "quantize": False}
+    assert linear.get_config() == {
+        "solver": "scipy", "metric": "sq_l2", "quantize": False,
+        "per_class": False,
+    }
     assert type(assignment.get("Linear")) is LinearAssignment
     knn = assignment.get("knn")
     assert type(knn) is KNNSelection and knn.k == 8

@@ -684,11 +684,23 @@ def test_nan_in_a_tf_data_batch_raises(digits):
         model.fit(tf.data.Dataset.from_tensor_slices(digits[:8]), verbose=0)
 
 
+def test_an_endless_dataset_needs_steps_per_epoch(digits):
+    tf = pytest.importorskip("tensorflow")
+    model = make_model(None)
+    endless = tf.data.Dataset.from_tensor_slices(digits[:32]).batch(16).repeat()
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.fit(endless, epochs=1, verbose=0)
+    history = model.fit(endless, epochs=2, steps_per_epoch=2, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4
+    assert len(history.history["loss"]) == 2
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow XLA modes")
-def test_tensorflow_picks_a_working_compile_mode():
+def test_tensorflow_picks_a_working_compile_mode(digits):
     model = ki.ImmiscibleDiffusion(tiny_unet(), assignment="linear")
+    model.compile(optimizer="adamw", jit_compile=True)
     with pytest.warns(UserWarning, match="jit_compile=False"):
-        model.compile(optimizer="adamw")
+        model.fit(digits[:16], batch_size=16, verbose=0)
     assert model.jit_compile is False
     model = ki.ImmiscibleDiffusion(
         tiny_unet(), assignment=ki.assignment.LinearAssignment("auction")

@@ -393,12 +393,6 @@ def test_a_network_learns_from_the_pipeline_noise(digits):
     assert any(not np.allclose(b, c) for b, c in zip(before, after))
 
 
-@pytest.mark.xfail(
-    keras.backend.backend() == "tensorflow",
-    strict=True,
-    reason="model side pending: ImmiscibleModel.compile warns about, and "
-    "turns XLA off for, its host assigner even when the data brings noise",
-)
 def test_pipeline_noise_needs_no_host_assigner_in_the_model(digits):
     # The model keeps its default host assigner (LinearAssignment with
     # scipy); the pipeline brings the noise, so the step never calls that

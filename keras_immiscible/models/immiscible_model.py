@@ -195,11 +195,13 @@ class ImmiscibleModel(keras.Model):
         """Not available: raises a `TypeError` pointing to `generate`."""
         raise TypeError(self._not_a_function_message("predict_on_batch(x)"))
 
-    def train_on_batch(self, *args, **kwargs):
-        return self._keras_step(super().train_on_batch, *args, **kwargs)
+    def train_on_batch(self, x=None, *args, **kwargs):
+        self._choose_jit_compile(x)
+        return self._keras_step(super().train_on_batch, x, *args, **kwargs)
 
-    def test_on_batch(self, *args, **kwargs):
-        return self._keras_step(super().test_on_batch, *args, **kwargs)
+    def test_on_batch(self, x=None, *args, **kwargs):
+        self._choose_jit_compile(x)
+        return self._keras_step(super().test_on_batch, x, *args, **kwargs)
 
     @property
     def metrics(self):
@@ -211,18 +213,36 @@ class ImmiscibleModel(keras.Model):
         Takes the arguments of `keras.Model.compile`; no `loss` is needed
         (the model's loss is built in). On TensorFlow, an assigner that
         runs on the host (`LinearAssignment(solver="scipy")`) cannot be
-        compiled with XLA: the model then compiles without XLA and says so.
+        compiled with XLA: when `fit` (or `evaluate`, `train_on_batch`) gets
+        data that does not bring its own noise, the step then compiles
+        without XLA and says so once. Data that brings its noise
+        (`keras_immiscible.data.with_assigned_noise`) never calls the
+        model's assigner and keeps the `jit_compile` asked for.
         """
         if "loss" in kwargs and kwargs["loss"] is not None:
             raise ValueError(
                 f"{type(self).__name__} has its own loss; do not pass `loss` "
                 "to compile(). Choose it with `loss_type=`."
             )
-        if (
-            keras.backend.backend() == "tensorflow"
-            and jit_compile in ("auto", True)
-            and getattr(self.assigner, "on_host", False)
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+        self._requested_jit_compile = self.jit_compile
+
+    def _choose_jit_compile(self, x):
+        """Turns XLA off on TensorFlow if the step will call a host assigner."""
+        if keras.backend.backend() != "tensorflow" or not getattr(
+            self.assigner, "on_host", False
         ):
+            return
+        wanted = getattr(self, "_requested_jit_compile", None)
+        if not wanted:
+            return
+        spec = getattr(x, "element_spec", x)
+        if isinstance(spec, (tuple, list)) and spec:
+            spec = spec[0]
+        brings_noise = isinstance(spec, dict) and "noise" in spec
+        jit_compile = bool(brings_noise)
+        if not brings_noise and not getattr(self, "_warned_host_jit", False):
+            self._warned_host_jit = True
             warnings.warn(
                 f"{self.assigner!r} solves the assignment on the host, and "
                 "TensorFlow cannot compile host calls with XLA: compiling the "
@@ -230,10 +250,30 @@ class ImmiscibleModel(keras.Model):
                 "step, use LinearAssignment(solver='auction'), KNNSelection(), "
                 "or assign on the host in the input pipeline with "
                 "keras_immiscible.data.with_assigned_noise.",
-                stacklevel=2,
+                stacklevel=3,
             )
-            jit_compile = False
-        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+        if self.jit_compile != jit_compile:
+            self.jit_compile = jit_compile
+            # Keras caches the compiled step functions.
+            self.train_function = None
+            self.test_function = None
+
+    @staticmethod
+    def _check_epoch_length(x, kwargs):
+        """Refuses an endless tf.data dataset without `steps_per_epoch`."""
+        if kwargs.get("steps_per_epoch") is not None:
+            return
+        if not input_checks.is_tf_dataset(x):
+            return
+        import tensorflow as tf
+
+        if int(x.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                "The dataset repeats forever (e.g. `dataset.repeat()`, or "
+                "`with_assigned_noise(...)` without `epochs=`), so an epoch "
+                "would never end: pass `steps_per_epoch=` (the batches of one "
+                "pass) to fit()."
+            )
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -260,6 +300,9 @@ class ImmiscibleModel(keras.Model):
         x = self._carry_sample_weight(x, y, kwargs)
         x = input_checks.check_dataset(self, x, "x")
         input_checks.check_labels_argument(self, y, "y")
+        if len(args) < 11:  # `steps_per_epoch` is fit's 13th parameter.
+            self._check_epoch_length(x, kwargs)
+        self._choose_jit_compile(x)
         # A tf.data pipeline, generator or torch DataLoader shuffles itself;
         # Keras' default `shuffle=True` would only warn that it is ignored.
         # (`shuffle` is `fit`'s ninth positional parameter.)
@@ -278,6 +321,7 @@ class ImmiscibleModel(keras.Model):
         x = self._carry_sample_weight(x, y, kwargs)
         x = input_checks.check_dataset(self, x, "x")
         input_checks.check_labels_argument(self, y, "y")
+        self._choose_jit_compile(x)
         return self._keras_step(super().evaluate, x, y, *args, **kwargs)
 
     # ---------------------------------------------------------- data scaling
