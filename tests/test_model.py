@@ -825,3 +825,25 @@ def test_an_eager_training_step_brings_no_batch_to_the_host(
     monkeypatch.undo()
     assert np.isfinite(keras.ops.convert_to_numpy(loss))
     assert sizes and max(sizes) == 1, sizes
+
+
+def test_generate_progress_bar_counts_network_evaluations(digits, capsys):
+    model = make_model(None, seed=8)
+    model.fit(digits[:32], batch_size=16, epochs=1, verbose=0)
+    capsys.readouterr()
+    quiet = model.generate(4, steps=3, seed=0, batch_size=2, verbose=0)
+    assert capsys.readouterr().out == ""
+    # "auto" stays quiet for a call this short.
+    model.generate(4, steps=3, seed=0, batch_size=2)
+    assert capsys.readouterr().out == ""
+    loud = model.generate(4, steps=3, seed=0, batch_size=2, verbose=1)
+    # Two chunks of three DDIM steps: six network evaluations.
+    assert "6/6" in capsys.readouterr().out
+    np.testing.assert_array_equal(loud, quiet)
+    # Heun evaluates twice per step but once on its Euler last step.
+    flow = ki.ImmiscibleFlowMatching(model.network, assignment=None)
+    flow.generate(2, steps=3, seed=0, sampler="heun", verbose=1)
+    assert "5/5" in capsys.readouterr().out
+    assert ki.samplers.Heun(final_step="heun").network_evaluations(3) == 6
+    with pytest.raises(ValueError, match="verbose"):
+        model.generate(2, steps=1, verbose=2)

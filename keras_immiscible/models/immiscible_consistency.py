@@ -380,6 +380,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
         sigmas=None,
         initial_noise="standard",
         guidance_scale=None,
+        verbose="auto",
     ):
         """Generates images from pure noise in `steps` consistency steps.
 
@@ -408,6 +409,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
             batch_size=batch_size,
             initial_noise=initial_noise,
             guidance_scale=guidance_scale,
+            verbose=verbose,
         )
 
     def sample(self, noise, steps, sampler, seed, labels=None):

@@ -20,6 +20,7 @@ from keras_immiscible import assignment as assignment_lib
 from keras_immiscible import samplers as samplers_lib
 from keras_immiscible import schedules as schedules_lib
 from keras_immiscible.backend import untie_ema_buffers
+from keras_immiscible.models import generate_progress
 from keras_immiscible.models import input_checks
 
 LOSSES = ("mse", "mae")
@@ -562,6 +563,7 @@ class ImmiscibleModel(keras.Model):
         batch_size=None,
         initial_noise="standard",
         guidance_scale=None,
+        verbose="auto",
     ):
         """Generates images from pure noise.
 
@@ -609,6 +611,9 @@ class ImmiscibleModel(keras.Model):
                 unconditional one; values above 1 trade diversity for
                 fidelity to the label. Each step then runs the network on
                 twice the batch.
+            verbose: `"auto"` (default: a `keras.utils.Progbar` of the
+                network evaluations once the call has run for 2 seconds),
+                1 (from the start) or 0 (silent).
 
         Returns:
             A numpy array (num_images, *image_shape) in the data's range:
@@ -628,6 +633,7 @@ class ImmiscibleModel(keras.Model):
             raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
         labels = self._check_labels(labels, num_images)
         guidance = self._check_guidance(guidance_scale, labels)
+        generate_progress.check_verbose(verbose)
         sampler = samplers_lib.get(sampler) if sampler else self.sampler
         self._warn_if_stochastic_on_coupled(sampler, int(steps))
         if batch_size is None:
@@ -655,7 +661,13 @@ class ImmiscibleModel(keras.Model):
         noise_stream = np.random.default_rng(seed)
         seed_generator = keras.random.SeedGenerator(seed)
         outputs = []
+        chunks = -(-num_images // batch_size)
+        evaluations = getattr(sampler, "network_evaluations", None)
+        per_chunk = evaluations(int(steps)) if callable(evaluations) else steps
         self._guidance = guidance
+        self._progress = generate_progress.GenerateProgress(
+            chunks * per_chunk, verbose
+        )
         try:
             for start in range(0, num_images, batch_size):
                 outputs.append(self._generate_chunk(
@@ -664,6 +676,7 @@ class ImmiscibleModel(keras.Model):
                 ))
         finally:
             self._guidance = None
+            self._progress = None
         return np.concatenate(outputs, axis=0)
 
     def _generate_chunk(
@@ -824,10 +837,14 @@ class ImmiscibleModel(keras.Model):
         if getattr(self, "_inference_fn", None) is None:
             run = inference_function(self.network)
             self._inference_fn = lambda inputs: ops.cast(run(inputs), "float32")
+        network = self._inference_fn
         guidance = getattr(self, "_guidance", None)
-        if guidance is None:
-            return self._inference_fn
-        return self._guided(self._inference_fn, *guidance)
+        if guidance is not None:
+            network = self._guided(network, *guidance)
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            network = progress.wrap(network)
+        return network
 
     @staticmethod
     def _guided(network, scale, null_label):

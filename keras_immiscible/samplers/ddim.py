@@ -159,6 +159,16 @@ class SamplerBase:
         """
         return bool(self.stochastic) and int(steps) > 1
 
+    def network_evaluations(self, steps):
+        """How many times a run of `steps` steps calls the network (one here).
+
+        `generate` uses it for its progress bar.
+
+        Args:
+            steps: int >= 1, the number of steps of the run.
+        """
+        return int(steps)
+
     def get_config(self):
         """Returns the constructor arguments of the sampler as a dict."""
         return {}

@@ -174,6 +174,10 @@ class Heun(SamplerBase):
             x = x + (0.5 * h) * (v + next_v)
         return x
 
+    def network_evaluations(self, steps):
+        """Two per step, one for an Euler last step (`final_step`)."""
+        return 2 * int(steps) - (1 if self.final_step == "euler" else 0)
+
     def get_config(self):
         """Returns the constructor arguments of the sampler as a dict."""
         return {"final_step": self.final_step}
