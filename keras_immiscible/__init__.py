@@ -16,3 +16,4 @@ from keras_immiscible.models import ImmiscibleFlowMatching
 __version__ = "0.1.0.dev0"
 from keras_immiscible import metrics  # noqa: E402
 from keras_immiscible import callbacks  # noqa: E402
+from keras_immiscible import latent  # noqa: E402
