@@ -577,3 +577,20 @@ def test_sd_vae_local_weights(sd_vae, keras_cv_models, tmp_path):
         to_numpy(kcv_encoder(2 * x_small - 1)),
         rtol=1e-4, atol=1e-5,
     )
+
+
+@pytest.mark.slow
+def test_sd_vae_download_goes_through_keras_cv(monkeypatch):
+    """weights="download" asks keras.utils.get_file (keras-cv's download)
+    for the SD VAE files; a failed download says what to do offline."""
+    _keras_cv_stable_diffusion()
+    origins = []
+
+    def offline(*args, origin=None, **kwargs):
+        origins.append(origin)
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(RuntimeError, match="Offline, copy vae_encoder.h5"):
+        ki.latent.StableDiffusionVAE(weights="download", image_size=32)
+    assert origins and origins[0].endswith("/vae_encoder.h5")
