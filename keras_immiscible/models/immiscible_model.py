@@ -59,6 +59,15 @@ class ImmiscibleModel(keras.Model):
         data_dtype: `"float32"` (images in [0, 1]) or `"uint8"`; `None`
             takes it from the first training batch.
         seed: int seed of the model's `SeedGenerator` (noise, times).
+        autoencoder: `None`, or a `keras_immiscible.latent.Autoencoder`
+            (e.g. `StableDiffusionVAE`) for latent diffusion: the network
+            works on its latents (build it for `autoencoder.latent_shape`),
+            the noise is assigned to the latents as in the papers' Stable
+            Diffusion runs, `fit` takes images (encoded on the fly, with the
+            posterior mean) or latents already encoded by
+            `keras_immiscible.latent.encode_dataset`, and `generate` decodes
+            to images in the autoencoder's image range. The model never
+            trains the autoencoder (it is frozen).
         label_dropout: for class-conditional networks, the fraction of
             training labels replaced by the null label (the last row of the
             network's class embedding: `num_classes` for
@@ -79,6 +88,7 @@ class ImmiscibleModel(keras.Model):
         loss_type="mse",
         data_dtype=None,
         seed=None,
+        autoencoder=None,
         label_dropout=0.0,
         **kwargs,
     ):
@@ -110,6 +120,14 @@ class ImmiscibleModel(keras.Model):
         )
         self.label_limit = (
             input_checks.label_limit(network) if self.num_classes_input else None
+        )
+        self.autoencoder = self._check_autoencoder(autoencoder)
+        # What `fit` takes: images (the autoencoder's, for latent models)
+        # and, for latent models, latents encoded beforehand.
+        self.data_shape = (
+            tuple(self.autoencoder.image_shape)
+            if self.autoencoder is not None
+            else tuple(self.image_shape)
         )
         if isinstance(label_dropout, bool) or not isinstance(
             label_dropout, (int, float, np.integer, np.floating)
@@ -259,6 +277,33 @@ class ImmiscibleModel(keras.Model):
             self.train_function = None
             self.test_function = None
 
+    def _retrace_if_the_input_kind_changes(self, x):
+        """Latent models: a new step when `fit` switches images <-> latents.
+
+        The step encodes images and passes latents through, a choice made
+        from the batch shape while tracing; a compiled step retraced for
+        the other kind could lose that shape (TensorFlow relaxes the shapes
+        of a retrace), so each kind gets a step of its own.
+        """
+        if self.autoencoder is None:
+            return
+        spec = getattr(x, "element_spec", x)
+        if isinstance(spec, (tuple, list)) and spec:
+            spec = spec[0]
+        if isinstance(spec, dict):
+            spec = spec.get("images")
+        shape = getattr(spec, "shape", None)
+        if shape is None:
+            return
+        kind = "latents" if tuple(shape[1:]) == tuple(self.image_shape) else (
+            "images"
+        )
+        previous = getattr(self, "_input_kind", None)
+        self._input_kind = kind
+        if previous is not None and previous != kind:
+            self.train_function = None
+            self.test_function = None
+
     @staticmethod
     def _check_epoch_length(x, kwargs):
         """Refuses an endless tf.data dataset without `steps_per_epoch`."""
@@ -304,6 +349,7 @@ class ImmiscibleModel(keras.Model):
         if len(args) < 11:  # `steps_per_epoch` is fit's 13th parameter.
             self._check_epoch_length(x, kwargs)
         self._choose_jit_compile(x)
+        self._retrace_if_the_input_kind_changes(x)
         # A tf.data pipeline, generator or torch DataLoader shuffles itself;
         # Keras' default `shuffle=True` would only warn that it is ignored.
         # (`shuffle` is `fit`'s ninth positional parameter.)
@@ -323,6 +369,7 @@ class ImmiscibleModel(keras.Model):
         x = input_checks.check_dataset(self, x, "x")
         input_checks.check_labels_argument(self, y, "y")
         self._choose_jit_compile(x)
+        self._retrace_if_the_input_kind_changes(x)
         return self._keras_step(super().evaluate, x, y, *args, **kwargs)
 
     # ---------------------------------------------------------- data scaling
@@ -412,13 +459,13 @@ class ImmiscibleModel(keras.Model):
         """
         batch = input_checks.check_batch(self, x, y)
         images = batch["images"]
-        if self.data_dtype is None:
+        if self.data_dtype is None and not self.is_latent_batch(images):
             self.data_dtype = (
                 "uint8"
                 if keras.backend.standardize_dtype(images.dtype) == "uint8"
                 else "float32"
             )
-        data = self.normalize(images)
+        data = self.to_model_space(images)
         noise = batch.get("noise")
         labels = batch.get("labels")
         if noise is None:
@@ -449,6 +496,67 @@ class ImmiscibleModel(keras.Model):
         )
         losses = [loss] + [ops.sum(extra) for extra in self.losses]
         return ops.sum(ops.stack(losses)) if len(losses) > 1 else loss
+
+    # ------------------------------------------------------------ latents
+
+    def _check_autoencoder(self, autoencoder):
+        if autoencoder is None:
+            return None
+        missing = [
+            name
+            for name in ("encode", "decode", "image_shape", "latent_shape")
+            if not hasattr(autoencoder, name)
+        ]
+        if missing:
+            raise TypeError(
+                "`autoencoder` must be a keras_immiscible.latent.Autoencoder "
+                f"(encode, decode, image_shape, latent_shape); {autoencoder!r} "
+                f"lacks {missing}."
+            )
+        latent_shape = tuple(autoencoder.latent_shape)
+        if latent_shape != tuple(self.image_shape):
+            raise ValueError(
+                f"The network works on {tuple(self.image_shape)} inputs, but "
+                f"the autoencoder's latents are {latent_shape}: build the "
+                f"network for the latent shape, e.g. "
+                f"UNet(image_shape={latent_shape}, ...)."
+            )
+        if isinstance(autoencoder, keras.Model):
+            autoencoder.trainable = False
+        return autoencoder
+
+    def is_latent_batch(self, images):
+        """Whether a batch holds latents (not images) of a latent model."""
+        return self.autoencoder is not None and tuple(images.shape[1:]) == (
+            tuple(self.image_shape)
+        ) != self.data_shape
+
+    def to_model_space(self, images):
+        """A batch of images (or latents) as the data the model diffuses.
+
+        Images in [0, 1] (float) or [0, 255] (uint8) map to [-1, 1]; for a
+        latent model, images are encoded (posterior mean, no gradient) and
+        latents pass through as float32.
+        """
+        if self.autoencoder is None:
+            return self.normalize(images)
+        if self.is_latent_batch(images):
+            return ops.cast(images, "float32")
+        return ops.stop_gradient(
+            ops.cast(self.autoencoder.encode(images), "float32")
+        )
+
+    def from_model_space(self, data):
+        """Sampled data to the caller's images (decoded for latent models)."""
+        if self.autoencoder is None:
+            return self.denormalize(data)
+        images = ops.cast(self.autoencoder.decode(data), "float32")
+        if self.data_dtype == "uint8":
+            low, high = getattr(self.autoencoder, "image_range", (0.0, 1.0))
+            unit = (images - low) / (high - low)
+            return ops.cast(ops.round(ops.clip(unit, 0.0, 1.0) * 255.0),
+                            "uint8")
+        return images
 
     # ------------------------------------------------------ label dropout
 
@@ -695,7 +803,7 @@ class ImmiscibleModel(keras.Model):
         if moments is not None:
             noise = moments[0] + moments[1] * noise
         images = self.sample(noise, steps, sampler, seed_generator, chunk_labels)
-        return ops.convert_to_numpy(self.denormalize(images))
+        return ops.convert_to_numpy(self.from_model_space(images))
 
     def _check_guidance(self, guidance_scale, labels):
         """`None` (plain conditional sampling) or `(w, null_label)`."""
@@ -880,6 +988,11 @@ class ImmiscibleModel(keras.Model):
                 "loss_type": self.loss_type,
                 "data_dtype": self.data_dtype,
                 "seed": self.seed,
+                "autoencoder": (
+                    None
+                    if self.autoencoder is None
+                    else keras.saving.serialize_keras_object(self.autoencoder)
+                ),
                 "label_dropout": self.label_dropout,
             }
         )
@@ -891,4 +1004,8 @@ class ImmiscibleModel(keras.Model):
         config["network"] = keras.saving.deserialize_keras_object(
             config["network"]
         )
+        if config.get("autoencoder") is not None:
+            config["autoencoder"] = keras.saving.deserialize_keras_object(
+                config["autoencoder"]
+            )
         return cls(**config)

@@ -121,6 +121,29 @@ def _check_shape(shape, image_shape, name):
         )
 
 
+def _accepted_shapes(model):
+    """The batch shapes a model trains on: its images, and latents."""
+    data_shape = tuple(getattr(model, "data_shape", model.image_shape))
+    shapes = [data_shape]
+    if tuple(model.image_shape) != data_shape:
+        shapes.append(tuple(model.image_shape))  # latents, encoded upstream
+    return shapes
+
+
+def _check_batch_shape(shape, model, name):
+    """Checks a batch of images (or, for latent models, of latents)."""
+    shapes = _accepted_shapes(model)
+    if len(shapes) == 1:
+        return _check_shape(shape, shapes[0], name)
+    if len(shape) < 1 or tuple(shape[1:]) not in shapes:
+        raise ValueError(
+            f"`{name}` must hold images of shape "
+            f"{_describe_shape(shapes[0])} (the autoencoder's) or latents "
+            f"of shape {_describe_shape(shapes[1])} (the network's), got "
+            f"{tuple(shape)}."
+        )
+
+
 BATCH_KEYS = ("images", "labels", "noise", "assignment_gain", "sample_weight")
 
 
@@ -158,7 +181,7 @@ def check_batch(model, x, y):
     batch = _as_batch_dict(x, y)
     images = batch["images"]
     _check_dtype(images.dtype, "images")
-    _check_shape(tuple(images.shape), model.image_shape, "images")
+    _check_batch_shape(tuple(images.shape), model, "images")
     if batch.get("noise") is not None:
         noise = batch["noise"]
         if "float" not in keras.backend.standardize_dtype(noise.dtype):
@@ -213,6 +236,14 @@ def _check_values(images, name):
         )
 
 
+def _check_finite_values(array, name):
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"`{name}` contains NaN or infinite value(s); training on them "
+            "would give a NaN loss."
+        )
+
+
 def check_dataset(model, x, name="x"):
     """Checks what `fit`/`evaluate` receive; returns it (maybe wrapped)."""
     if x is None:
@@ -237,8 +268,11 @@ def check_dataset(model, x, name="x"):
                 f"`{name}` must hold images as float in [0, 1] or uint8 in "
                 f"[0, 255], got dtype {array.dtype}."
             )
-        _check_shape(array.shape, model.image_shape, name)
-        _check_values(array, name)
+        _check_batch_shape(array.shape, model, name)
+        if tuple(array.shape[1:]) == _accepted_shapes(model)[0]:
+            _check_values(array, name)  # images; latents have no range
+        else:
+            _check_finite_values(array, name)
         return x
     if is_tf_dataset(x):
         return _checked_tf_dataset(model, x, name)
@@ -279,20 +313,32 @@ def _checked_tf_dataset(model, dataset, name):
     shape = image_spec.shape
     if shape.rank is not None:
         known = tuple(shape[1:])
-        if len(known) != len(model.image_shape) or any(
-            d is not None and d != e for d, e in zip(known, model.image_shape)
+        shapes = _accepted_shapes(model)
+        if not any(
+            len(known) == len(expected)
+            and all(d is None or d == e for d, e in zip(known, expected))
+            for expected in shapes
         ):
             raise ValueError(
                 f"`{name}` must yield batches of shape "
-                f"{_describe_shape(model.image_shape)} to match the network, "
-                f"got {tuple(shape)}. (Did you forget to .batch() it?)"
+                f"{_describe_shape(shapes[0])} to match the "
+                f"{'autoencoder' if len(shapes) > 1 else 'network'}, got "
+                f"{tuple(shape)}. (Did you forget to .batch() it?)"
             )
 
     def check(*element):
         images = element[0]
         if isinstance(images, dict):
             images = images["images"]
-        if images.dtype != tf.uint8:
+        latents = len(_accepted_shapes(model)) > 1 and tuple(
+            images.shape[1:]
+        ) == tuple(model.image_shape)
+        if latents:
+            tf.debugging.assert_all_finite(
+                tf.cast(images, tf.float32),
+                f"`{name}` contains NaN or infinite latents.",
+            )
+        elif images.dtype != tf.uint8:
             floats = tf.cast(images, tf.float32)
             tf.debugging.assert_all_finite(
                 floats,
