@@ -632,10 +632,13 @@ def markdown(records, expected_seeds=None):
         "sampling error), toward = <mean_c(noise), u_c> with u_c the unit vector from the "
         "mean training image to the mean class-c image (i.i.d.: about N(0, 1 / n_c)), "
         "sq = mean ||noise||^2 / 256 (1 for N(0, I)). Each averaged over the 10 classes, "
-        "then median [min, max] over seeds; 'sq range' is max_c - min_c of sq.",
+        "then median [min, max] over seeds; 'sq range' is max_c - min_c of sq; "
+        "'excess / pixel' is excess / 16, the per-pixel RMS of the class mean's shift in "
+        "units of the noise's standard deviation.",
         "",
-        "| arm | seeds | batches | shift | excess | toward | sq range | sampling-only shift sqrt(256/n_c) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | seeds | batches | shift | excess | excess / pixel | toward | sq range "
+        "| sampling-only shift sqrt(256/n_c) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     by_arm = {}
     for r in stats:
@@ -652,7 +655,8 @@ def markdown(records, expected_seeds=None):
         batches = sorted({c["batches"] for v in per_seed.values() for c in v})
         lines.append(
             f"| {arm} | {len(per_seed)} | {','.join(map(str, batches))} | {_spread(shift, 4)} | "
-            f"{_spread(excess, 4)} | {_spread(toward, 4)} | {_spread(sq_range, 4)} | "
+            f"{_spread(excess, 4)} | {_spread(np.asarray(excess) / IMAGE_SIZE, 4)} | "
+            f"{_spread(toward, 4)} | {_spread(sq_range, 4)} | "
             f"{_spread(baseline, 4)} |"
         )
     if by_arm:
