@@ -5,6 +5,7 @@ already in memory. Both return batched `tf.data.Dataset`s of float32 images
 in [0, 1] (or uint8) that `model.fit` takes on every Keras backend.
 """
 
+import numbers
 import os
 
 import numpy as np
@@ -32,6 +33,127 @@ def list_image_files(directory, follow_links=False):
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 found.append(os.path.join(root, name))
     return found
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour types -> channels: grey, RGB, palette, grey + alpha, RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+# JPEG start-of-frame markers (the frame header holds the component count).
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def image_header(path):
+    """`(format, channels)` of an image file, read from its first bytes.
+
+    `format` is `"png"`, `"jpeg"`, `"bmp"` or `"gif"`; `channels` is the
+    channel count the file stores (1 grey, 2 grey + alpha, 3 RGB or
+    palette, 4 RGBA or CMYK), or None when the header is damaged.
+
+    Raises:
+        ValueError: naming the file, when it is not a PNG, JPEG, BMP or GIF
+            file (whatever its extension says) or cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head.startswith(_PNG_SIGNATURE):
+                if len(head) >= 26 and head[12:16] == b"IHDR":
+                    return "png", _PNG_CHANNELS.get(head[25])
+                return "png", None
+            if head[:6] in (b"GIF87a", b"GIF89a"):
+                return "gif", 3
+            if head[:2] == b"BM":
+                if len(head) < 30:
+                    return "bmp", None
+                bits = int.from_bytes(head[28:30], "little")
+                return "bmp", 4 if bits == 32 else 3
+            if head[:3] == b"\xff\xd8\xff":
+                f.seek(2)
+                return "jpeg", _jpeg_components(f)
+    except OSError as e:
+        raise ValueError(f"The image file {path!r} cannot be read: {e}") from e
+    raise ValueError(
+        f"{path!r} is not an image: it has an image extension, but it is not "
+        f"a PNG, JPEG, BMP or GIF file (it starts with {head[:8]!r}). Remove "
+        "it from the folder, or give it its real extension."
+    )
+
+
+def _jpeg_components(f):
+    """The component count of the JPEG frame header, or None."""
+    while True:
+        marker = f.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        kind = marker[1]
+        while kind == 0xFF:  # fill bytes
+            byte = f.read(1)
+            if not byte:
+                return None
+            kind = byte[0]
+        if kind in (0x01,) or 0xD0 <= kind <= 0xD8:
+            continue  # markers without a payload
+        if kind in (0xD9, 0xDA):
+            return None  # end of image / scan before any frame header
+        length = f.read(2)
+        if len(length) < 2:
+            return None
+        if kind in _JPEG_SOF:
+            frame = f.read(6)
+            return frame[5] if len(frame) == 6 else None
+        f.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+
+
+def check_image_files(paths):
+    """The format of each image file; a clear error for files that cannot
+    be used.
+
+    Every file is opened and its header read (not decoded): a file that is
+    not an image, or whose header is damaged, and an image with an alpha
+    channel (grey + alpha, RGBA) or four colour channels (CMYK JPEG, 32-bit
+    BMP) raise a `ValueError` that names the files. Those channels have no
+    faithful RGB or grey reading (dropping an alpha channel keeps whatever
+    colour the transparent pixels happen to store), so they are refused
+    instead of converted.
+
+    Returns:
+        The list of formats (`"png"`, `"jpeg"`, `"bmp"`, `"gif"`).
+    """
+    formats, problems = [], []
+    for path in paths:
+        try:
+            kind, channels = image_header(path)
+        except ValueError as e:
+            problems.append(str(e))
+            formats.append(None)
+            continue
+        formats.append(kind)
+        if channels is None:
+            problems.append(
+                f"{path!r} has a damaged {kind.upper()} header (a truncated "
+                "or broken file)."
+            )
+        elif channels in (2, 4):
+            what = {
+                ("png", 2): "grey + alpha channels",
+                ("png", 4): "an alpha channel (RGBA)",
+                ("jpeg", 4): "four colour channels (CMYK)",
+                ("bmp", 4): "32-bit pixels (an alpha channel)",
+            }.get((kind, channels), f"{channels} channels")
+            problems.append(
+                f"{path!r} has {what}: images must have 1 (grey) or 3 (RGB) "
+                "channels. Convert it first, e.g. with Pillow: "
+                "Image.open(path).convert('RGB' or 'L').save(path)."
+            )
+    if problems:
+        problems.sort()
+        shown = "\n  ".join(problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ValueError(
+            f"{len(problems)} of the {len(paths)} image files cannot be "
+            f"used:\n  {shown}{more}"
+        )
+    return formats
 
 
 def _check_directory(directory):
@@ -93,6 +215,13 @@ def from_directory(
     ignored. Each image is converted to RGB or grayscale, cropped to the
     largest centered box with the aspect ratio of `image_size` (unless
     `crop=None`), and resized (bilinear, antialiased).
+
+    The header of every file is read when the dataset is built (see
+    `check_image_files`): a file named like an image that is not one, a
+    damaged header, and an image with an alpha channel or four channels
+    (RGBA, grey + alpha, CMYK) raise a `ValueError` naming the files, before
+    any training. Grey images are read as RGB (three equal channels) and RGB
+    images as grey (luma) as `color_mode` asks.
 
     Args:
         directory: path of the folder.
@@ -171,25 +300,47 @@ def from_directory(
         order = np.random.default_rng(seed).permutation(len(paths))
         paths = [paths[i] for i in order]
     channels = COLOR_MODES[color_mode]
+    # TensorFlow decodes BMP and GIF files to RGB only: read them as RGB and
+    # convert, for grayscale.
+    via_rgb = [
+        channels == 1 and kind in ("bmp", "gif")
+        for kind in check_image_files(paths)
+    ]
 
-    def load(path):
-        raw = tf.io.read_file(path)
-        image = tf.io.decode_image(
-            raw, channels=channels, dtype=tf.uint8, expand_animations=False
-        )
+    any_via_rgb = any(via_rgb)
+
+    def decode(raw, via_rgb):
+        def direct():
+            return tf.io.decode_image(
+                raw, channels=channels, dtype=tf.uint8, expand_animations=False
+            )
+
+        def grey_from_rgb():
+            rgb = tf.io.decode_image(
+                raw, channels=3, dtype=tf.uint8, expand_animations=False
+            )
+            return tf.image.rgb_to_grayscale(rgb)
+
+        if not any_via_rgb:
+            return direct()
+        return tf.cond(via_rgb, grey_from_rgb, direct)
+
+    def load(path, via_rgb):
+        image = decode(tf.io.read_file(path), via_rgb)
+        image.set_shape([None, None, channels])
         box = None
         if crop == "center":
             shape = tf.shape(image)
             box = pipeline.center_crop_box(shape[0], shape[1], *size)
         return pipeline.crop_and_resize(image, box, size)
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
+    files = tf.data.Dataset.from_tensor_slices((paths, via_rgb))
     if with_labels:
         labels, class_names = _labels_from_folders(directory, paths)
         dataset = tf.data.Dataset.zip(
             (files, tf.data.Dataset.from_tensor_slices(labels))
         ).map(
-            lambda path, label: (load(path), label),
+            lambda file, label: (load(*file), label),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
@@ -267,6 +418,19 @@ def _check_labels(labels, count):
     return labels.astype("int32")
 
 
+def _check_initial_epoch(initial_epoch):
+    if (
+        isinstance(initial_epoch, bool)
+        or not isinstance(initial_epoch, numbers.Integral)
+        or initial_epoch < 0
+    ):
+        raise ValueError(
+            "`initial_epoch` must be a non-negative int (the epoch of the "
+            f"first pass over the data), got {initial_epoch!r}."
+        )
+    return int(initial_epoch)
+
+
 def from_numpy(
     images,
     batch_size,
@@ -277,11 +441,22 @@ def from_numpy(
     flip=False,
     seed=None,
     dtype="float32",
+    initial_epoch=0,
 ):
     """Arrays of images (and labels) as a batched `tf.data.Dataset`.
 
     The arrays stay in memory; each batch is gathered from a shuffled index
     order, so shuffling needs no copy of the images.
+
+    The order and the flips of an epoch are a function of `(seed, epoch)`
+    only, where `epoch` counts the passes over the dataset (every iterator
+    that yields a batch is one pass, including the look at the first batch
+    that `fit` takes on an unbuilt model), starting at `initial_epoch`. So two
+    datasets built with the same seed yield the same batches pass after
+    pass, and a run restarted at epoch `e` (e.g. by
+    `keras_immiscible.callbacks.BackupAndRestore`) gets the batches of epoch
+    `e` again by building its dataset with `initial_epoch=e`: see the
+    example.
 
     Args:
         images: array `(N, height, width, channels)`, uint8 in [0, 255] or
@@ -290,12 +465,15 @@ def from_numpy(
         labels: None, or N int class labels; the dataset then yields
             `(images, labels)` with int32 labels.
         shuffle: True (a full reshuffle every epoch), False (array order),
-            or an int shuffle-buffer size.
+            or an int (accepted for symmetry with the other loaders: only
+            indices are shuffled here, so every epoch is a full reshuffle).
         drop_remainder: drop the last, smaller batch.
         flip: random horizontal flips (probability 1/2 per image and epoch).
-        seed: int seed of the shuffles and flips.
+        seed: int seed of the shuffles and flips (None: a random one).
         dtype: `"float32"` (images in [0, 1]) or `"uint8"` (float input is
             rounded to 0-255).
+        initial_epoch: the epoch whose order and flips the first pass gets
+            (keyword only; default 0).
 
     Returns:
         A `tf.data.Dataset` of `(batch, height, width, channels)` images, or
@@ -306,6 +484,13 @@ def from_numpy(
     ```python
     images = keras_immiscible.data.load_digits()
     dataset = keras_immiscible.data.from_numpy(images, batch_size=128)
+
+    # A run that can be killed and restarted: the restarted run's data
+    # continues at the epoch the backup holds.
+    backup = keras_immiscible.callbacks.BackupAndRestore("backup/", 100)
+    dataset = keras_immiscible.data.from_numpy(
+        images, 128, seed=0, initial_epoch=backup.initial_epoch)
+    model.fit(dataset, epochs=20, callbacks=[backup])
     ```
     """
     images = _check_images(images)
@@ -314,11 +499,12 @@ def from_numpy(
     with_labels = labels is not None
     if with_labels:
         labels = _check_labels(labels, count)
-    shuffle_buffer = pipeline.check_shuffle(shuffle, default_buffer=count)
+    shuffle = bool(pipeline.check_shuffle(shuffle, default_buffer=count))
     drop_remainder = pipeline.check_bool(drop_remainder, "drop_remainder")
     flip = pipeline.check_bool(flip, "flip")
     seed = pipeline.check_seed(seed)
     dtype = pipeline.check_dtype(dtype)
+    initial_epoch = _check_initial_epoch(initial_epoch)
     if drop_remainder and count < batch_size:
         raise ValueError(
             f"`images` holds {count} images, fewer than batch_size="
@@ -326,25 +512,59 @@ def from_numpy(
             "dropped. Lower `batch_size` or pass drop_remainder=False."
         )
     tf = pipeline.import_tensorflow("`from_numpy`")
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
 
     image_tensor = tf.convert_to_tensor(images)
     label_tensor = tf.convert_to_tensor(labels) if with_labels else None
-    indices = tf.data.Dataset.range(count)
-    if shuffle_buffer:
-        indices = indices.shuffle(
-            min(shuffle_buffer, count), seed=seed, reshuffle_each_iteration=True
-        )
-    batches = indices.batch(batch_size, drop_remainder=drop_remainder)
-
-    def gather(index):
-        if with_labels:
-            return (
-                tf.gather(image_tensor, index),
-                tf.gather(label_tensor, index),
-            )
-        return tf.gather(image_tensor, index)
-
-    dataset = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    return pipeline.finish_batches(
-        dataset, flip=flip, seed=seed, dtype=dtype, with_labels=with_labels
+    num_batches = count // batch_size if drop_remainder else -(
+        -count // batch_size
     )
+    # The pass counter: the first batch of every pass increments it once,
+    # so each pass (a peek by Keras included) knows its epoch.
+    counter = tf.Variable(
+        initial_epoch - 1, dtype=tf.int64, trainable=False,
+        name="from_numpy_epoch",
+    )
+    base_key = tf.constant([seed, 0x5EED], dtype=tf.int64)
+
+    def one_pass(epoch):
+        key = tf.random.experimental.stateless_fold_in(base_key, epoch)
+
+        order = tf.range(count, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(order, key)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(
+            batch_size, drop_remainder=drop_remainder
+        )
+        return tf.data.Dataset.zip(
+            (batches, tf.data.Dataset.range(num_batches))
+        ).map(lambda index, number: (index, key, number))
+
+    def gather(index, key, number):
+        batch = tf.gather(image_tensor, index)
+        if flip:
+            coins = tf.random.stateless_uniform(
+                tf.shape(index),
+                tf.random.experimental.stateless_fold_in(key, number + 1),
+            )
+            mirrored = tf.reshape(coins < 0.5, [-1, 1, 1, 1])
+            batch = tf.where(mirrored, tf.reverse(batch, axis=[2]), batch)
+        if with_labels:
+            return batch, tf.gather(label_tensor, index)
+        return batch
+
+    dataset = (
+        tf.data.Dataset.range(1)
+        .map(lambda _: counter.assign_add(1))
+        .flat_map(one_pass)
+        .apply(tf.data.experimental.assert_cardinality(num_batches))
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    )
+    dataset = pipeline.finish_batches(
+        dataset, flip=False, seed=seed, dtype=dtype, with_labels=with_labels
+    )
+    # tf.data holds only a handle to the counter: keep it alive with the
+    # dataset.
+    dataset._epoch_counter = counter
+    return dataset

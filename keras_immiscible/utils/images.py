@@ -140,14 +140,40 @@ def encode_png(image):
 
 
 def write_png(path, image):
-    """Writes one (H, W, C) uint8 image (C in {1, 3, 4}) as a PNG file."""
-    png = encode_png(image)
-    directory = os.path.dirname(os.fspath(path))
+    """Writes one (H, W, C) uint8 image (C in {1, 3, 4}) as a PNG file.
+
+    The file appears complete or not at all: the PNG is written to a
+    temporary file in the same folder, then renamed over `path`
+    (`write_atomically`).
+    """
+    write_atomically(path, encode_png(image))
+    return path
+
+
+def write_atomically(path, data):
+    """Writes the bytes `data` to `path` so that `path` never holds a part
+    of them: a temporary file next to it, flushed to disk, then
+    `os.replace`d over `path` (atomic on POSIX and Windows). A process
+    killed mid-write leaves the old file (or none) and a stray temporary
+    file, never a truncated `path`. Missing folders are made.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(png)
-    return path
+    temporary = os.path.join(
+        directory, f".{os.path.basename(path)}.tmp-{os.getpid()}"
+    )
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def save_image_grid(images, path, num_rows=None, padding=1, pad_value=0, scale=1):
