@@ -12,34 +12,15 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+from assignment_references import check_permutation
+from assignment_references import optimum
+from assignment_references import scipy_lsa
+from assignment_references import to_np
+from assignment_references import total_cost
 from keras_immiscible import ops as kops
 
 BACKEND = keras.backend.backend()
 lsa_module = importlib.import_module("keras_immiscible.ops.linear_sum_assignment")
-scipy_lsa = scipy.optimize.linear_sum_assignment
-
-
-def to_np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def check_permutation(columns, n):
-    columns = to_np(columns)
-    assert columns.dtype == np.int32, columns.dtype
-    assert columns.shape == (n,), columns.shape
-    np.testing.assert_array_equal(np.sort(columns), np.arange(n))
-    return columns
-
-
-def total_cost(cost, columns):
-    cost = np.asarray(cost, np.float64)
-    return float(cost[np.arange(len(columns)), columns].sum())
-
-
-def optimum(cost):
-    cost = np.asarray(cost, np.float64)
-    rows, cols = scipy_lsa(cost)
-    return float(cost[rows, cols].sum())
 
 
 # ---------------------------------------------------------------------------
