@@ -21,11 +21,18 @@ builds the model; this module does the rest the same way for all of them:
 - outputs, in `--output`: `log.csv` (`keras.callbacks.CSVLogger`: epoch,
   step, loss, assignment_gain, val_kid, val_fid, wall_time), sample grids
   `samples/epoch_NNNN.png` and the final `samples.png`, the checkpoint
-  `checkpoints/last.keras` (written every `--eval-every` steps) and the final
-  model `model.keras` (EMA weights when the optimizer keeps them);
-- `--resume`: reloads `checkpoints/last.keras` with `keras.models.load_model`
-  (weights, optimizer state with its step counter and EMA weights, the
-  model's seed state) and continues at the saved step.
+  `checkpoints/last.keras` (written every `--eval-every` steps), the backup
+  `backup/` of `keras_immiscible.callbacks.BackupAndRestore` (written at the
+  same points) and the final model `model.keras` (EMA weights when the
+  optimizer keeps them);
+- `--resume`: continues from `backup/` with `BackupAndRestore`, the
+  library's fault-tolerance mechanism (weights, optimizer state with its
+  step counter and EMA weights, the model's seed state, metric states),
+  training the model of `checkpoints/last.keras` (whose class `--resume`
+  checks against the flags). The digits stand-in's batches continue where
+  they stopped, so a resumed run is the uninterrupted run, bit for bit on a
+  deterministic backend; the tensorflow-datasets loaders cannot be
+  positioned, and reshuffle with `--seed` + the resumed epoch instead.
 
 A Keras "epoch" here is `--eval-every` training steps on a repeated data set,
 so `--steps` counts optimizer updates, as the papers do.
@@ -34,12 +41,14 @@ so `--steps` counts optimizer updates, as the papers do.
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 
 BACKENDS = ("tensorflow", "jax", "torch")
 ASSIGNMENTS = ("none", "linear", "knn")
 CHECKPOINT = os.path.join("checkpoints", "last.keras")
+BACKUP = "backup"
 LOG = "log.csv"
 FINAL_MODEL = "model.keras"
 FINAL_SAMPLES = "samples.png"
@@ -238,7 +247,8 @@ def build_parser(description, config, extra_flags=None, datasets=()):
     parser.add_argument(
         "--resume",
         action="store_true",
-        help=f"continue from OUTPUT/{CHECKPOINT} at its saved step",
+        help=f"continue from OUTPUT/{BACKUP} (the backup of the last "
+        "evaluation) exactly where it stopped",
     )
     parser.add_argument(
         "--seed",
@@ -427,9 +437,13 @@ def digits_images(image_size, channels):
     return np.ascontiguousarray(images)
 
 
-def shuffled_batches(images, batch_size, seed):
+def shuffled_batches(images, batch_size, seed, skip=0):
     """Endless `(batch,)` tuples of `images`, reshuffled every pass, the
-    last incomplete batch of a pass dropped. Plain numpy: any backend."""
+    last incomplete batch of a pass dropped. Plain numpy: any backend.
+
+    `skip` starts the stream after its first `skip` batches (a resumed run
+    continues the stream of the uninterrupted one): the permutations of the
+    skipped passes are drawn again, no image is gathered."""
     import numpy as np
 
     if batch_size > len(images):
@@ -438,28 +452,40 @@ def shuffled_batches(images, batch_size, seed):
             f"data set, got {batch_size}."
         )
     rng = np.random.default_rng(seed)
+    per_pass = len(images) // batch_size
+    for _ in range(skip // per_pass):
+        rng.permutation(len(images))
+    first = skip % per_pass
     while True:
         order = rng.permutation(len(images))
-        for start in range(0, len(images) - batch_size + 1, batch_size):
+        for index in range(first, per_pass):
+            start = index * batch_size
             yield (images[order[start : start + batch_size]],)
+        first = 0
 
 
-def load_data(args, channels, seed):
+def load_data(args, channels, seed, initial_epoch=0):
     """Training data and the real images of KID/FID.
 
     Returns `(train, real_images, image_shape)`: `train` is endless (a
     repeated `tf.data.Dataset` or a generator) and `real_images` an array or
     a finite dataset. For tensorflow-datasets data that is not prepared in
     `--data-dir`, the loader's `DatasetNotPreparedError` propagates: it says
-    how to prepare the data.
+    how to prepare the data. A run resumed at `initial_epoch` gets the
+    digits stand-in's stream from that epoch on; the tensorflow-datasets
+    pipelines are reshuffled with `seed + initial_epoch` instead.
     """
     import keras_immiscible as ki
 
     image_shape = (args.image_size, args.image_size, channels)
     if args.dataset == STAND_IN:
         images = digits_images(args.image_size, channels)
-        train = shuffled_batches(images, args.batch_size, seed)
+        train = shuffled_batches(
+            images, args.batch_size, seed,
+            skip=initial_epoch * args.eval_every,
+        )
         return train, images, image_shape
+    seed = seed + initial_epoch
     spec = TFDS_DATASETS[args.dataset]
     loader = getattr(ki.data, spec["loader"])
     try:
@@ -624,6 +650,24 @@ def grid_scale(image_size):
     return max(1, 32 // image_size)
 
 
+def load_checkpoint(path):
+    """`keras.models.load_model(path)`, with an error that says what is
+    wrong when the file is damaged (Keras reports a truncated `.keras` file
+    as "File not found")."""
+    import zipfile
+
+    import keras
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"The checkpoint {path!r} is damaged: it is not a complete "
+            f"`.keras` (zip) file ({os.path.getsize(path)} bytes; a write "
+            "that was interrupted?). Delete it to resume into a model built "
+            "from the flags, or restore a copy."
+        )
+    return keras.models.load_model(path)
+
+
 def run(args, build_model, channels, describe="", check_resumed=None):
     """Trains (or resumes) one experiment and writes all its outputs.
 
@@ -634,8 +678,8 @@ def run(args, build_model, channels, describe="", check_resumed=None):
         channels: channels of the experiment's images.
         describe: one line about the experiment for the log.
         check_resumed: optional `check_resumed(args, model)`, called on the
-            model reloaded by `--resume`; raises if the flags ask for another
-            model than the checkpoint holds.
+            model of the checkpoint by `--resume`; raises if the flags ask for
+            another model than the checkpoint holds.
 
     Returns:
         A dict with the `model`, the Keras `history`, `steps` (optimizer
@@ -654,30 +698,28 @@ def run(args, build_model, channels, describe="", check_resumed=None):
     steps_per_epoch = args.eval_every
     epochs = total_steps(args) // steps_per_epoch
 
-    # Where to start: a fresh run, or the saved step of the checkpoint.
+    # Where to start: a fresh run, or the position of the backup. The
+    # backup (the training state) is restored by `BackupAndRestore` when
+    # `fit` starts; the checkpoint gives the model to restore it into.
+    backup_dir = os.path.join(args.output, BACKUP)
+    backup = ki.callbacks.BackupAndRestore(
+        backup_dir, save_freq="epoch", delete_checkpoint=False
+    )
     model = None
     initial_epoch = 0
     initial_step = 0
     if args.resume:
-        if not os.path.exists(checkpoint):
+        if not os.path.exists(os.path.join(backup_dir, "training_metadata.json")):
             raise FileNotFoundError(
-                f"--resume: no checkpoint at {checkpoint!r}. Run without "
+                f"--resume: no backup in {backup_dir!r}. Run without "
                 "--resume first (with the same --output)."
             )
-        model = keras.models.load_model(checkpoint)
-        if check_resumed is not None:
-            check_resumed(args, model)
-        initial_step = int(
-            keras.ops.convert_to_numpy(model.optimizer.iterations)
-        )
-        initial_epoch = initial_step // steps_per_epoch
-        if initial_step % steps_per_epoch:
-            log(
-                f"WARNING: the checkpoint is at step {initial_step}, not a "
-                f"multiple of --eval-every {steps_per_epoch}; continuing "
-                f"with epoch {initial_epoch + 1}."
-            )
-        log(f"Resuming {checkpoint} at step {initial_step}.")
+        initial_epoch, initial_step = backup.initial_epoch, backup.initial_step
+        if os.path.exists(checkpoint):
+            model = load_checkpoint(checkpoint)
+            if check_resumed is not None:
+                check_resumed(args, model)
+        log(f"Resuming {backup_dir} at step {initial_step}.")
         planned = getattr(model, "total_training_steps", None)
         if planned is not None and planned != total_steps(args):
             log(
@@ -685,16 +727,18 @@ def run(args, build_model, channels, describe="", check_resumed=None):
                 f"(its first run's --steps); this run trains to step "
                 f"{total_steps(args)}."
             )
-    elif os.path.exists(checkpoint):
+    elif os.path.exists(backup_dir) or os.path.exists(checkpoint):
         log(
-            f"Note: {checkpoint} exists and will be overwritten; pass --resume "
-            "to continue that run instead."
+            f"Note: {args.output} holds a run, which will be overwritten; "
+            "pass --resume to continue it instead."
         )
+        # Or `fit` would restore it.
+        shutil.rmtree(backup_dir, ignore_errors=True)
 
     # Data first: a missing data set fails before anything is built.
-    keras.utils.set_random_seed(args.seed + initial_epoch)
+    keras.utils.set_random_seed(args.seed)
     train, real_images, image_shape = load_data(
-        args, channels, seed=args.seed + initial_epoch
+        args, channels, seed=args.seed, initial_epoch=initial_epoch
     )
     features = make_feature_extractor(args)
     os.makedirs(args.output, exist_ok=True)
@@ -736,6 +780,8 @@ def run(args, build_model, channels, describe="", check_resumed=None):
         keras.callbacks.CSVLogger(
             os.path.join(args.output, LOG), append=args.resume
         ),
+        # Before ModelCheckpoint: a non-finite loss stops `fit` here.
+        backup,
         keras.callbacks.ModelCheckpoint(checkpoint),
     ]
     log(
@@ -747,23 +793,18 @@ def run(args, build_model, channels, describe="", check_resumed=None):
         f"output {args.output}."
     )
     train_start = time.time()
-    history = None
-    if initial_epoch < epochs:
-        history = model.fit(
-            train,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-    else:
-        log(
-            f"Nothing to train: the checkpoint is already at step {initial_step}."
-        )
-        if model.optimizer.use_ema:
-            # What `fit` does at its end: load the EMA weights for sampling.
-            model.optimizer.finalize_variable_values(model.trainable_variables)
+    if initial_epoch >= epochs:
+        log(f"Nothing to train: the backup is already at step {initial_step}.")
+    # Also when there is nothing to train: `fit` restores the backup (and
+    # loads the EMA weights at its end).
+    history = model.fit(
+        train,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     train_seconds = time.time() - train_start
 
     # After `fit` the model holds the EMA weights (Keras copies them in).
@@ -784,7 +825,8 @@ def run(args, build_model, channels, describe="", check_resumed=None):
     log(
         f"Trained to step {steps} in {train_seconds:.0f} s.{scores} Samples: "
         f"{samples_path}. Model: {model_path}. Log: "
-        f"{os.path.join(args.output, LOG)}. Checkpoint: {checkpoint}."
+        f"{os.path.join(args.output, LOG)}. Checkpoint: {checkpoint}, "
+        f"backup: {backup_dir}."
     )
     return {
         "model": model,
@@ -796,5 +838,6 @@ def run(args, build_model, channels, describe="", check_resumed=None):
         "samples_path": samples_path,
         "model_path": model_path,
         "checkpoint": checkpoint,
+        "backup": backup_dir,
         "log_path": os.path.join(args.output, LOG),
     }

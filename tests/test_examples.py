@@ -6,9 +6,10 @@ in the test session of that backend. The checks read what the run wrote:
 the CSV log (columns, one row per evaluation with the right step count,
 finite values, the assignment gain of the chosen assigner), the PNG grids
 (decoded, of the expected size), and the saved model, reloaded here, which
-must regenerate the final grid's images. `--resume` is checked in-process on
-a copy of a run: the optimizer's step counter (and the consistency model's
-curriculum counter) carry on from the checkpoint. `train_digits.py` (the
+must regenerate the final grid's images. `--resume` is checked on a copy of
+a run: the optimizer's step counter (and the consistency model's curriculum
+counter) carry on from the backup, and a resumed digits run ends bit for bit
+where the run that never stopped ends. `train_digits.py` (the
 README's main job) runs once per family: flow matching, its default, and
 DDIM.
 """
@@ -298,8 +299,9 @@ def check_resume_continues_from_saved_step(quick_runs, tmp_path):
 
 
 def check_digits_resume(name, quick_runs, tmp_path):
-    """`train_digits.py --resume` continues a quick run of `name`'s family;
-    the other family is refused."""
+    """`train_digits.py --resume` continues a quick run of `name`'s family
+    exactly (the other family is refused): its final model is the model of
+    a run that went to the same step without stopping, bit for bit."""
     first = quick_runs(name)
     output = tmp_path / "resumed"
     shutil.copytree(first, output)
@@ -311,18 +313,47 @@ def check_digits_resume(name, quick_runs, tmp_path):
     other = "flow" if "ddim" in CASES[name]["flags"] else "ddim"
     with pytest.raises(ValueError, match=f"--family {other} trains"):
         example.main([*flags, "--family", other])
+    # A damaged (truncated) checkpoint: an error that says so and names it.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(first, damaged)
+    truncated = damaged / "checkpoints" / "last.keras"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"last\.keras' is damaged"):
+        example.main(
+            ["--quick", "--resume", "--output", str(damaged),
+             *CASES[name]["flags"]]
+        )
 
+    # Resumed and uninterrupted, both as subprocesses (same threads, same
+    # process state).
     more = QUICK_STEPS + QUICK_EVAL_EVERY
-    result = example.main([*flags, "--steps", str(more)])
-    model = result["model"]
+    run_quick(name, output, extra=["--resume", "--steps", str(more)])
+    uninterrupted = tmp_path / "uninterrupted"
+    run_quick(name, uninterrupted, extra=["--steps", str(more)])
+
+    model = keras.models.load_model(output / "model.keras")
     assert type(model).__name__ == CASES[name]["model"]
-    assert result["initial_step"] == QUICK_STEPS
-    assert result["steps"] == more
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == more
     _, rows = read_log(output / "log.csv")
     assert [row["step"] for row in rows] == [2, 4, 6]
     assert rows[:2] == first_rows
     assert os.path.exists(output / "samples" / "epoch_0003.png")
+
+    reference = keras.models.load_model(uninterrupted / "model.keras")
+    assert len(model.variables) == len(reference.variables)
+    difference = max(
+        float(np.max(np.abs(
+            keras.ops.convert_to_numpy(a).astype("float64")
+            - keras.ops.convert_to_numpy(b).astype("float64")
+        ), initial=0.0))
+        for a, b in zip(model.variables, reference.variables)
+    )
+    assert difference == 0.0, difference
+    _, reference_rows = read_log(uninterrupted / "log.csv")
+    for row, expected in zip(rows, reference_rows):
+        row, expected = dict(row), dict(expected)
+        row.pop("wall_time"), expected.pop("wall_time")
+        assert row == expected
 
 
 def test_example_defaults_are_the_papers():
