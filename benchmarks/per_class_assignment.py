@@ -271,7 +271,7 @@ class LabelledEvaluator(run_lib.Evaluator):
                 self.fid.reset_generated()
                 images = model.generate(
                     self.args.num_samples, steps=steps,
-                    seed=self.args.sampling_seed, labels=self.labels,
+                    seed=self.args.sampling_seed, labels=self.labels, verbose=0,
                 )
                 update_metrics([self.fid], images, "generated", "generated_images")
                 out[steps] = float(self.fid.result())
