@@ -289,6 +289,7 @@ class Evaluator:
                     steps=steps,
                     seed=self.args.sampling_seed,
                     initial_noise=initial_noise,
+                    verbose=0,
                 )
                 update_metrics([self.fid], images, "generated", "generated_images")
                 out[steps] = float(self.fid.result())

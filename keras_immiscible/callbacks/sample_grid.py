@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from keras_immiscible.callbacks.ema import ema_weights
+from keras_immiscible.metrics.evaluate import _takes_verbose
 from keras_immiscible.utils.images import encode_png
 from keras_immiscible.utils.images import make_image_grid
 from keras_immiscible.utils.images import write_png
@@ -102,9 +103,11 @@ class SampleGrid(keras.callbacks.Callback):
         if (epoch + 1) % self.every_n_epochs:
             return
         with ema_weights(self.model, enabled=self.use_ema):
+            kwargs = dict(self.generate_kwargs)
+            if _takes_verbose(self.model.generate):
+                kwargs.setdefault("verbose", 0)  # Keras' bar is showing.
             images = self.model.generate(
-                self.num_images, steps=self.steps, seed=self.seed,
-                **self.generate_kwargs,
+                self.num_images, steps=self.steps, seed=self.seed, **kwargs
             )
         images = np.asarray(keras.ops.convert_to_numpy(images))
         grid = make_image_grid(

@@ -210,6 +210,8 @@ def generate_batches(model, num_images, batch_size, steps, seed, generate_kwargs
             f"method, got a {type(model).__name__}."
         )
     generate_kwargs = dict(generate_kwargs or {})
+    if _takes_verbose(model.generate):
+        generate_kwargs.setdefault("verbose", 0)  # No progress bars in here.
     for i, start in enumerate(range(0, num_images, batch_size)):
         n = min(batch_size, num_images - start)
         images = model.generate(n, steps=steps, seed=seed + i, **generate_kwargs)
@@ -311,3 +313,14 @@ def evaluate_generator(
             generate_kwargs, verbose,
         )
     return {metric.name: float(metric.result()) for metric in metrics}
+
+
+def _takes_verbose(function):
+    """Whether `function` accepts a `verbose` keyword (`ImmiscibleModel.generate`)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "verbose" in parameters
