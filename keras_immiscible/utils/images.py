@@ -1,16 +1,16 @@
-"""Image grids and a dependency-free PNG writer.
+"""Image grids and PNG files.
 
 `make_image_grid` tiles a batch of NHWC images into one uint8 image;
-`save_image_grid` writes that grid as a PNG file. The PNG encoder uses only
-`zlib` and `struct` from the standard library, so saving sample grids needs
-neither Pillow nor TensorFlow.
+`save_image_grid` writes that grid as a PNG file, atomically. The PNG files
+are encoded by `keras.utils.save_img`, which needs Pillow
+(`pip install pillow`).
 """
 
+import io
 import math
 import os
-import struct
-import zlib
 
+import keras
 import numpy as np
 
 
@@ -100,7 +100,51 @@ def make_image_grid(images, num_rows=None, padding=1, pad_value=0, scale=1):
 
 
 def encode_png(image):
-    """PNG bytes of one (H, W, C) uint8 image (C in {1, 3, 4})."""
+    """PNG bytes of one (H, W, C) uint8 image (C in {1, 3, 4}), by
+    `keras.utils.save_img` (Pillow)."""
+    buffer = io.BytesIO()
+    _save_png(buffer, image)
+    return buffer.getvalue()
+
+
+def write_png(path, image):
+    """Writes one (H, W, C) uint8 image (C in {1, 3, 4}) as a PNG file.
+
+    The file appears complete or not at all: `keras.utils.save_img` writes
+    the PNG to a temporary file in the same folder, which is flushed to disk
+    and then `os.replace`d over `path` (atomic on POSIX and Windows). A
+    process killed mid-write leaves the old file (or none), never a
+    truncated `path`. Missing folders are made.
+
+    Args:
+        path: the file to write.
+        image: (H, W, C) or (H, W) uint8 array.
+
+    Returns:
+        `path`.
+    """
+    image = _check_png_image(image)
+    path = os.fspath(path)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(
+        directory, f".{os.path.basename(path)}.tmp-{os.getpid()}"
+    )
+    try:
+        with open(temporary, "wb") as f:
+            _save_png(f, image)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+def _check_png_image(image):
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
@@ -111,69 +155,14 @@ def encode_png(image):
         )
     if image.dtype != np.uint8:
         raise TypeError(f"`image` must be uint8, got dtype {image.dtype}.")
-    height, width, channels = image.shape
-    color_type = {1: 0, 3: 2, 4: 6}[channels]
-    # Every scanline starts with its filter type byte (0: no filter).
-    raw = np.concatenate(
-        [
-            np.zeros((height, 1), dtype=np.uint8),
-            np.ascontiguousarray(image).reshape(height, width * channels),
-        ],
-        axis=1,
-    ).tobytes()
+    return image
 
-    def chunk(kind, data):
-        body = kind + data
-        return (
-            struct.pack(">I", len(data))
-            + body
-            + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-        )
 
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
+def _save_png(file, image):
+    keras.utils.save_img(
+        file, _check_png_image(image), data_format="channels_last",
+        file_format="png", scale=False,
     )
-
-
-def write_png(path, image):
-    """Writes one (H, W, C) uint8 image (C in {1, 3, 4}) as a PNG file.
-
-    The file appears complete or not at all: the PNG is written to a
-    temporary file in the same folder, then renamed over `path`
-    (`write_atomically`).
-    """
-    write_atomically(path, encode_png(image))
-    return path
-
-
-def write_atomically(path, data):
-    """Writes the bytes `data` to `path` so that `path` never holds a part
-    of them: a temporary file next to it, flushed to disk, then
-    `os.replace`d over `path` (atomic on POSIX and Windows). A process
-    killed mid-write leaves the old file (or none) and a stray temporary
-    file, never a truncated `path`. Missing folders are made.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.tmp-{os.getpid()}"
-    )
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def save_image_grid(images, path, num_rows=None, padding=1, pad_value=0, scale=1):
@@ -198,8 +187,6 @@ def _as_numpy(x, name):
     if isinstance(x, np.ndarray):
         return x
     try:
-        import keras
-
         return np.asarray(keras.ops.convert_to_numpy(x))
     except Exception:  # noqa: BLE001 - fall back to numpy's conversion
         return np.asarray(x)
