@@ -377,8 +377,22 @@ def test_from_directory_resize_grayscale_and_no_crop(tmp_path):
         )
     )[0]
     assert out.shape == (1, 5, 5, 1)
-    reference = np.round(_pil_resize(grey[..., None], 5)) / 255.0
-    np.testing.assert_allclose(out[0], reference, atol=1.01 / 255)
+    # The default "area" resize averages each 4x4 block.
+    blocks = grey.reshape(5, 4, 5, 4).astype("float64").mean((1, 3))
+    np.testing.assert_allclose(out[0, ..., 0], np.round(blocks) / 255.0,
+                               atol=1.01 / 255)
+    # Bilinear, half-pixel centres, not antialiased: output pixel i samples
+    # input position 4 i + 1.5, the mean of pixels 4 i + 1 and 4 i + 2.
+    out = _batches(
+        ki.data.from_directory(
+            tmp_path, 5, batch_size=1, color_mode="grayscale", shuffle=False,
+            interpolation="bilinear",
+        )
+    )[0]
+    g = grey.astype("float64")
+    taps = (g[1::4, 1::4] + g[1::4, 2::4] + g[2::4, 1::4] + g[2::4, 2::4]) / 4
+    np.testing.assert_allclose(out[0, ..., 0], np.round(taps) / 255.0,
+                               atol=1.01 / 255)
     # A grey PNG read as RGB has three equal channels.
     rgb = _batches(
         ki.data.from_directory(tmp_path, 20, batch_size=1, shuffle=False)
@@ -398,13 +412,35 @@ def test_from_directory_resize_grayscale_and_no_crop(tmp_path):
     np.testing.assert_array_equal(np.round(out[0] * 255), wide)
 
 
+def test_from_directory_shuffle_is_seeded_and_reshuffles(tmp_path):
+    for i in range(12):
+        Image.fromarray(np.full((4, 4, 3), i * 10, "uint8")).save(
+            tmp_path / f"{i:02d}.png"
+        )
+
+    def first_pixels(batch):
+        return tuple(np.round(batch[:, 0, 0, 0] * 25.5).astype(int))
+
+    a = ki.data.from_directory(tmp_path, 4, 12, seed=3)
+    b = ki.data.from_directory(tmp_path, 4, 12, seed=3, cache=False)
+    names = [os.path.basename(p) for p in a.file_paths]
+    assert names == [os.path.basename(p) for p in b.file_paths]
+    assert sorted(names) == [f"{i:02d}.png" for i in range(12)] != names
+    first, second = (first_pixels(_batches(a)[0]) for _ in range(2))
+    assert sorted(first) == list(range(12)) == sorted(second)
+    assert first != second  # a new order every epoch
+    assert first_pixels(_batches(b)[0]) == first  # same seed, same order
+    plain = ki.data.from_directory(tmp_path, 4, 12, shuffle=False)
+    assert first_pixels(_batches(plain)[0]) == tuple(range(12))
+
+
 def test_from_directory_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ki.data.from_directory(tmp_path / "missing", 8, 4)
-    with pytest.raises(ValueError, match="no image files"):
+    with pytest.raises(ValueError, match="No images found in directory"):
         ki.data.from_directory(tmp_path, 8, 4)
     (tmp_path / "readme.txt").write_text("no images here")
-    with pytest.raises(ValueError, match="no image files"):
+    with pytest.raises(ValueError, match="No images found in directory"):
         ki.data.from_directory(tmp_path, 8, 4)
     with pytest.raises(NotADirectoryError):
         ki.data.from_directory(tmp_path / "readme.txt", 8, 4)
@@ -417,6 +453,8 @@ def test_from_directory_errors(tmp_path):
         ki.data.from_directory(tmp_path, 8, 1, color_mode="cmyk")
     with pytest.raises(ValueError, match="`crop`"):
         ki.data.from_directory(tmp_path, 8, 1, crop="random")
+    with pytest.raises(ValueError, match="`interpolation` must be one of"):
+        ki.data.from_directory(tmp_path, 8, 1, interpolation="cubic")
     with pytest.raises(ValueError, match="`image_size`"):
         ki.data.from_directory(tmp_path, (8, 8, 3), 1)
 

@@ -8,142 +8,75 @@ in [0, 1] (or uint8) that `model.fit` takes on every Keras backend.
 import numbers
 import os
 
+import keras
 import numpy as np
 
 from keras_immiscible.data import pipeline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-COLOR_MODES = {"rgb": 3, "grayscale": 1}
+COLOR_MODES = ("rgb", "grayscale")
 CROPS = ("center", None)
+INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest", "lanczos3")
 
-
-def list_image_files(directory, follow_links=False):
-    """Sorted paths of the image files under `directory`, recursively.
-
-    Files are recognized by their extension (png, jpg/jpeg, bmp, gif, any
-    case); everything else is ignored. Hidden files and folders (names
-    starting with ".") are skipped.
-    """
-    found = []
-    for root, folders, files in os.walk(directory, followlinks=follow_links):
-        folders[:] = sorted(f for f in folders if not f.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.join(root, name))
-    return found
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# PNG colour types -> channels: grey, RGB, palette, grey + alpha, RGBA.
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
-# JPEG start-of-frame markers (the frame header holds the component count).
-_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def image_header(path):
-    """`(format, channels)` of an image file, read from its first bytes.
-
-    `format` is `"png"`, `"jpeg"`, `"bmp"` or `"gif"`; `channels` is the
-    channel count the file stores (1 grey, 2 grey + alpha, 3 RGB or
-    palette, 4 RGBA or CMYK), or None when the header is damaged.
-
-    Raises:
-        ValueError: naming the file, when it is not a PNG, JPEG, BMP or GIF
-            file (whatever its extension says) or cannot be read.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(32)
-            if head.startswith(_PNG_SIGNATURE):
-                if len(head) >= 26 and head[12:16] == b"IHDR":
-                    return "png", _PNG_CHANNELS.get(head[25])
-                return "png", None
-            if head[:6] in (b"GIF87a", b"GIF89a"):
-                return "gif", 3
-            if head[:2] == b"BM":
-                if len(head) < 30:
-                    return "bmp", None
-                bits = int.from_bytes(head[28:30], "little")
-                return "bmp", 4 if bits == 32 else 3
-            if head[:3] == b"\xff\xd8\xff":
-                f.seek(2)
-                return "jpeg", _jpeg_components(f)
-    except OSError as e:
-        raise ValueError(f"The image file {path!r} cannot be read: {e}") from e
-    raise ValueError(
-        f"{path!r} is not an image: it has an image extension, but it is not "
-        f"a PNG, JPEG, BMP or GIF file (it starts with {head[:8]!r}). Remove "
-        "it from the folder, or give it its real extension."
-    )
-
-
-def _jpeg_components(f):
-    """The component count of the JPEG frame header, or None."""
-    while True:
-        marker = f.read(2)
-        if len(marker) < 2 or marker[0] != 0xFF:
-            return None
-        kind = marker[1]
-        while kind == 0xFF:  # fill bytes
-            byte = f.read(1)
-            if not byte:
-                return None
-            kind = byte[0]
-        if kind in (0x01,) or 0xD0 <= kind <= 0xD8:
-            continue  # markers without a payload
-        if kind in (0xD9, 0xDA):
-            return None  # end of image / scan before any frame header
-        length = f.read(2)
-        if len(length) < 2:
-            return None
-        if kind in _JPEG_SOF:
-            frame = f.read(6)
-            return frame[5] if len(frame) == 6 else None
-        f.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+# Pillow modes that have no faithful RGB or grey reading.
+_REFUSED_MODES = {
+    "LA": "grey + alpha channels",
+    "La": "grey + alpha channels",
+    "PA": "a palette with an alpha channel",
+    "RGBA": "an alpha channel (RGBA)",
+    "RGBa": "an alpha channel (RGBA)",
+    "CMYK": "four colour channels (CMYK)",
+}
+# The formats TensorFlow decodes, by Pillow's names.
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "BMP": "bmp",
+            "GIF": "gif"}
 
 
 def check_image_files(paths):
     """The format of each image file; a clear error for files that cannot
     be used.
 
-    Every file is opened and its header read (not decoded): a file that is
-    not an image, or whose header is damaged, and an image with an alpha
-    channel (grey + alpha, RGBA) or four colour channels (CMYK JPEG, 32-bit
-    BMP) raise a `ValueError` that names the files. Those channels have no
-    faithful RGB or grey reading (dropping an alpha channel keeps whatever
-    colour the transparent pixels happen to store), so they are refused
-    instead of converted.
+    Every file is opened with Pillow and its header read (not decoded): a
+    file that is not a PNG, JPEG, BMP or GIF image (whatever its extension
+    says) or cannot be read, and an image with an alpha channel (grey +
+    alpha, RGBA) or four colour channels (CMYK JPEG) raise a `ValueError`
+    that names the files. Those channels have no faithful RGB or grey
+    reading (dropping an alpha channel keeps whatever colour the transparent
+    pixels happen to store), so they are refused instead of converted.
+
+    Args:
+        paths: the image files.
 
     Returns:
         The list of formats (`"png"`, `"jpeg"`, `"bmp"`, `"gif"`).
     """
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError(
+            "`from_directory` checks the image files with Pillow: "
+            "`pip install pillow`."
+        ) from e
     formats, problems = [], []
     for path in paths:
         try:
-            kind, channels = image_header(path)
-        except ValueError as e:
-            problems.append(str(e))
-            formats.append(None)
-            continue
+            with Image.open(path) as image:
+                kind, mode = _FORMATS.get(image.format), image.mode
+        except (OSError, SyntaxError, ValueError) as e:
+            kind, mode = None, str(e)
         formats.append(kind)
-        if channels is None:
+        if kind is None:
             problems.append(
-                f"{path!r} has a damaged {kind.upper()} header (a truncated "
-                "or broken file)."
+                f"{path!r} is not an image: it has an image extension, but "
+                "it is not a PNG, JPEG, BMP or GIF file that can be read "
+                f"({mode}). Remove it from the folder, or give it its real "
+                "extension."
             )
-        elif channels in (2, 4):
-            what = {
-                ("png", 2): "grey + alpha channels",
-                ("png", 4): "an alpha channel (RGBA)",
-                ("jpeg", 4): "four colour channels (CMYK)",
-                ("bmp", 4): "32-bit pixels (an alpha channel)",
-            }.get((kind, channels), f"{channels} channels")
+        elif mode in _REFUSED_MODES:
             problems.append(
-                f"{path!r} has {what}: images must have 1 (grey) or 3 (RGB) "
-                "channels. Convert it first, e.g. with Pillow: "
-                "Image.open(path).convert('RGB' or 'L').save(path)."
+                f"{path!r} has {_REFUSED_MODES[mode]}: images must have 1 "
+                "(grey) or 3 (RGB) channels. Convert it first, e.g. with "
+                "Pillow: Image.open(path).convert('RGB' or 'L').save(path)."
             )
     if problems:
         problems.sort()
@@ -175,22 +108,22 @@ def _check_directory(directory):
     return directory
 
 
-def _labels_from_folders(directory, paths):
-    """Class index of each file: its top-level subfolder, sorted by name."""
-    tops = []
-    for path in paths:
-        parts = os.path.relpath(path, directory).split(os.sep)
-        if len(parts) < 2:
-            raise ValueError(
-                "`with_labels=True` takes the class of each image from its "
-                f"top-level subfolder, but {path!r} lies directly in "
-                f"{directory!r}. Put every image in a class subfolder "
-                "(directory/class_name/...), or use with_labels=False."
-            )
-        tops.append(parts[0])
-    class_names = sorted(set(tops))
-    index = {name: i for i, name in enumerate(class_names)}
-    return np.array([index[t] for t in tops], dtype="int32"), class_names
+def _check_no_unlabelled_files(directory):
+    """`with_labels=True` reads the class of an image from its top-level
+    subfolder (Keras ignores images lying directly in `directory`): refuse
+    those images rather than drop them silently."""
+    loose = sorted(
+        name for name in os.listdir(directory)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+        and os.path.isfile(os.path.join(directory, name))
+    )
+    if loose:
+        raise ValueError(
+            "`with_labels=True` takes the class of each image from its "
+            f"top-level subfolder, but {os.path.join(directory, loose[0])!r} "
+            f"lies directly in {directory!r}. Put every image in a class "
+            "subfolder (directory/class_name/...), or use with_labels=False."
+        )
 
 
 def from_directory(
@@ -200,6 +133,7 @@ def from_directory(
     *,
     color_mode="rgb",
     crop="center",
+    interpolation="area",
     with_labels=False,
     shuffle=True,
     cache=True,
@@ -211,17 +145,24 @@ def from_directory(
 ):
     """A folder of images (searched recursively) as a `tf.data.Dataset`.
 
-    PNG, JPEG, BMP and GIF files (first frame) are read; other files are
-    ignored. Each image is converted to RGB or grayscale, cropped to the
-    largest centered box with the aspect ratio of `image_size` (unless
-    `crop=None`), and resized (bilinear, antialiased).
+    The files are listed, decoded, cropped and resized by
+    `keras.utils.image_dataset_from_directory` (PNG, JPEG, BMP and GIF files,
+    first frame; other files are ignored): each image is read as RGB,
+    cropped to the largest centered box with the aspect ratio of
+    `image_size` (`crop_to_aspect_ratio`, unless `crop=None`) and resized
+    with `interpolation`. On top of that, this function adds what the
+    library's pipelines share (see `keras_immiscible.data.pipeline`): uint8
+    images up to the cache, a shuffle buffer reshuffled every epoch after
+    the cache, horizontal flips, float32 output in [0, 1], and the checks
+    below.
 
     The header of every file is read when the dataset is built (see
-    `check_image_files`): a file named like an image that is not one, a
-    damaged header, and an image with an alpha channel or four channels
-    (RGBA, grey + alpha, CMYK) raise a `ValueError` naming the files, before
-    any training. Grey images are read as RGB (three equal channels) and RGB
-    images as grey (luma) as `color_mode` asks.
+    `check_image_files`): a file named like an image that is not one, and
+    an image with an alpha channel or four channels (RGBA, grey + alpha,
+    CMYK) raise a `ValueError` naming the files, before any training. Grey
+    images are read as RGB (three equal channels), and in
+    `color_mode="grayscale"` every image is converted to grey (luma) after
+    the resize.
 
     Args:
         directory: path of the folder.
@@ -231,6 +172,12 @@ def from_directory(
         crop: `"center"` (keep the aspect ratio: crop the centered box, then
             resize) or None (resize the whole image, distorting it when its
             aspect ratio differs).
+        interpolation: the resize, one of `"area"` (default: when shrinking,
+            each pixel averages the pixels it covers, so downsampled photos
+            do not alias), `"bilinear"`, `"bicubic"`, `"nearest"` or
+            `"lanczos3"` (`tf.image.resize` methods, not antialiased: they
+            alias when shrinking by more than 2x; prefer them for
+            upsampling).
         with_labels: yield `(images, labels)`, the int32 label of an image
             being the index of its top-level subfolder in the sorted list of
             subfolder names (`directory/cats/...` and `directory/dogs/...`
@@ -248,10 +195,9 @@ def from_directory(
 
     Returns:
         A `tf.data.Dataset` of `(batch, height, width, channels)` images, or
-        of `(images, labels)` pairs, with `dataset.file_paths` (the files in
-        the order they are read and cached: sorted, or in the seeded one-time
-        shuffle when `shuffle` is on) and, with labels,
-        `dataset.class_names`.
+        of `(images, labels)` pairs, with `dataset.file_paths` (the files:
+        sorted, or in the seeded one-time shuffle when `shuffle` is on) and,
+        with labels, `dataset.class_names`.
 
     Example:
 
@@ -266,12 +212,16 @@ def from_directory(
     batch_size = pipeline.check_positive_int(batch_size, "batch_size")
     if color_mode not in COLOR_MODES:
         raise ValueError(
-            f"`color_mode` must be one of {tuple(COLOR_MODES)}, got "
-            f"{color_mode!r}."
+            f"`color_mode` must be one of {COLOR_MODES}, got {color_mode!r}."
         )
     if crop not in CROPS:
         raise ValueError(
             f"`crop` must be 'center' or None, got {crop!r}."
+        )
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"`interpolation` must be one of {INTERPOLATIONS}, got "
+            f"{interpolation!r}."
         )
     with_labels = pipeline.check_bool(with_labels, "with_labels")
     shuffle_buffer = pipeline.check_shuffle(shuffle)
@@ -282,13 +232,25 @@ def from_directory(
     seed = pipeline.check_seed(seed)
     dtype = pipeline.check_dtype(dtype)
     tf = pipeline.import_tensorflow("`from_directory`")
+    if with_labels:
+        _check_no_unlabelled_files(directory)
 
-    paths = list_image_files(directory, follow_links=follow_links)
-    if not paths:
-        raise ValueError(
-            f"`directory` {directory!r} holds no image files (looked "
-            f"recursively for {', '.join(IMAGE_EXTENSIONS)})."
-        )
+    images = keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred" if with_labels else None,
+        label_mode="int" if with_labels else None,
+        color_mode="rgb",  # TensorFlow decodes BMP and GIF files to RGB only
+        batch_size=None,
+        image_size=size,
+        shuffle=bool(shuffle_buffer),
+        seed=seed,
+        interpolation=interpolation,
+        follow_links=follow_links,
+        crop_to_aspect_ratio=crop == "center",
+        data_format="channels_last",
+        verbose=False,
+    )
+    paths = list(images.file_paths)
     if drop_remainder and len(paths) < batch_size:
         raise ValueError(
             f"`directory` holds {len(paths)} images, fewer than "
@@ -296,55 +258,17 @@ def from_directory(
             "would be dropped. Lower `batch_size` or pass "
             "drop_remainder=False."
         )
-    if shuffle_buffer:
-        order = np.random.default_rng(seed).permutation(len(paths))
-        paths = [paths[i] for i in order]
-    channels = COLOR_MODES[color_mode]
-    # TensorFlow decodes BMP and GIF files to RGB only: read them as RGB and
-    # convert, for grayscale.
-    via_rgb = [
-        channels == 1 and kind in ("bmp", "gif")
-        for kind in check_image_files(paths)
-    ]
+    check_image_files(paths)
 
-    any_via_rgb = any(via_rgb)
+    def to_uint8(image):
+        if color_mode == "grayscale":
+            image = tf.image.rgb_to_grayscale(image)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
-    def decode(raw, via_rgb):
-        def direct():
-            return tf.io.decode_image(
-                raw, channels=channels, dtype=tf.uint8, expand_animations=False
-            )
-
-        def grey_from_rgb():
-            rgb = tf.io.decode_image(
-                raw, channels=3, dtype=tf.uint8, expand_animations=False
-            )
-            return tf.image.rgb_to_grayscale(rgb)
-
-        if not any_via_rgb:
-            return direct()
-        return tf.cond(via_rgb, grey_from_rgb, direct)
-
-    def load(path, via_rgb):
-        image = decode(tf.io.read_file(path), via_rgb)
-        image.set_shape([None, None, channels])
-        box = None
-        if crop == "center":
-            shape = tf.shape(image)
-            box = pipeline.center_crop_box(shape[0], shape[1], *size)
-        return pipeline.crop_and_resize(image, box, size)
-
-    files = tf.data.Dataset.from_tensor_slices((paths, via_rgb))
     if with_labels:
-        labels, class_names = _labels_from_folders(directory, paths)
-        dataset = tf.data.Dataset.zip(
-            (files, tf.data.Dataset.from_tensor_slices(labels))
-        ).map(
-            lambda file, label: (load(*file), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        dataset = images.map(lambda image, label: (to_uint8(image), label))
     else:
-        dataset = files.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = images.map(to_uint8)
     dataset = pipeline.finish(
         dataset,
         batch_size=batch_size,
@@ -358,7 +282,7 @@ def from_directory(
     )
     dataset.file_paths = paths
     if with_labels:
-        dataset.class_names = class_names
+        dataset.class_names = list(images.class_names)
     return dataset
 
 
