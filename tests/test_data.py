@@ -564,7 +564,7 @@ def test_load_digits_upsampled(size):
         scipy.ndimage.zoom(b, factor, order=1, grid_mode=True, mode="nearest")
         for b in base
     ])
-    np.testing.assert_allclose(bilinear[..., 0], reference, atol=1e-5)
+    np.testing.assert_allclose(bilinear[..., 0], reference, atol=1e-6)
     assert 0.0 <= bilinear.min() and bilinear.max() <= 1.0
     as_uint8 = ki.data.load_digits(split="test", dtype="uint8",
                                    image_size=size, interpolation="bilinear")

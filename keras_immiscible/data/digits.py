@@ -8,6 +8,7 @@ or 32x32 to try larger images on a CPU.
 
 import numbers
 
+import keras
 import numpy as np
 
 from keras_immiscible.data import pipeline
@@ -33,7 +34,7 @@ def load_digits(
     and averaging each block gives back the 8x8 image exactly, so samples of
     a model trained at 16x16 or 32x32 can be scored with the 8x8 digits
     metrics (`keras_immiscible.metrics`) after a block average. `"bilinear"`
-    (half-pixel centres, edges clamped, as `tf.image.resize`) gives smooth
+    (`keras.ops.image.resize`: half-pixel centres, edges clamped) gives smooth
     strokes instead, closer to the look of natural images, at the price of
     new grey levels and no exact way back to 8x8.
 
@@ -100,29 +101,31 @@ def load_digits(
 
 
 def upsample(images, factor, interpolation="nearest"):
-    """Upsamples (N, H, W) images by an integer `factor` along H and W."""
+    """Upsamples (N, H, W) float images by an integer `factor` along H and W.
+
+    `keras.ops.image.resize` (half-pixel centres, no antialiasing, the same
+    numbers on every backend); the result is a numpy array, clipped to
+    [0, 1] for the bilinear case.
+
+    Args:
+        images: (N, H, W) float numpy array.
+        factor: positive int.
+        interpolation: `"nearest"` or `"bilinear"`.
+
+    Returns:
+        The (N, H * factor, W * factor) numpy array, of the dtype of `images`.
+    """
     if factor == 1:
         return images
-    if interpolation == "nearest":
-        return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
-    rows = _bilinear_matrix(images.shape[1], factor)
-    cols = _bilinear_matrix(images.shape[2], factor)
-    out = np.einsum("ih,nhw,jw->nij", rows, images, cols)
-    return np.clip(out, 0.0, 1.0).astype(images.dtype)
-
-
-def _bilinear_matrix(size, factor):
-    """(size * factor, size) linear interpolation weights, half-pixel
-    centres, edge pixels clamped."""
-    out = size * factor
-    position = (np.arange(out) + 0.5) / factor - 0.5
-    low = np.floor(position).astype(int)
-    weight_high = position - low
-    matrix = np.zeros((out, size), dtype="float64")
-    rows = np.arange(out)
-    np.add.at(matrix, (rows, np.clip(low, 0, size - 1)), 1.0 - weight_high)
-    np.add.at(matrix, (rows, np.clip(low + 1, 0, size - 1)), weight_high)
-    return matrix
+    out = keras.ops.image.resize(
+        images[..., None],
+        (images.shape[1] * factor, images.shape[2] * factor),
+        interpolation=interpolation,
+        antialias=False,
+        data_format="channels_last",
+    )
+    out = np.clip(keras.ops.convert_to_numpy(out)[..., 0], 0.0, 1.0)
+    return out.astype(images.dtype)
 
 
 def digits_dataset(
