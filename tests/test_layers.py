@@ -582,3 +582,29 @@ def test_unet_bad_arguments(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         layers.UNet(**arguments)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: layers.ResidualBlock(0), ValueError,
+         "`width` must be a positive int, got 0."),
+        (lambda: layers.ResidualBlock(8, groups="8"), TypeError,
+         "`groups` must be None or a positive int, got '8'."),
+        (lambda: layers.ResidualBlock(8, dropout=1.0), ValueError,
+         "`dropout` must be a number in [0, 1), got 1.0."),
+        (lambda: layers.AttentionBlock(key_dim=0), ValueError,
+         "`key_dim` must be None or a positive int, got 0."),
+        (lambda: layers.SinusoidalEmbedding(7), ValueError,
+         "`embedding_dims` must be a positive even int, got 7."),
+        (lambda: layers.SinusoidalEmbedding(8, min_frequency=0), ValueError,
+         "`min_frequency` must be a number > 0, got 0."),
+        (lambda: layers.SinusoidalEmbedding(
+            8, min_frequency=4.0, max_frequency=2.0), ValueError,
+         "`max_frequency` must be a number >= 4, got 2.0."),
+    ],
+)
+def test_layer_argument_messages(make, error, message):
+    with pytest.raises(error) as info:
+        make()
+    assert str(info.value) == message

@@ -3,9 +3,8 @@
 import keras
 from keras import ops
 
-from keras_immiscible.layers.residual_block import _check_groups
-from keras_immiscible.layers.residual_block import _check_positive_int
-from keras_immiscible.layers.residual_block import _make_norm
+from keras_immiscible.layers.normalization import make_norm
+from keras_immiscible.utils.arguments import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -47,11 +46,9 @@ class AttentionBlock(keras.layers.Layer):
 
     def __init__(self, num_heads=1, key_dim=None, groups=8, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = _check_positive_int("num_heads", num_heads)
-        self.key_dim = (
-            None if key_dim is None else _check_positive_int("key_dim", key_dim)
-        )
-        self.groups = _check_groups(groups)
+        self.num_heads = check_positive_int(num_heads, "num_heads")
+        self.key_dim = check_positive_int(key_dim, "key_dim", allow_none=True)
+        self.groups = check_positive_int(groups, "groups", allow_none=True)
         # Created in `build()`, once the number of channels is known.
         self.norm = None
         self.attention = None
@@ -65,7 +62,7 @@ class AttentionBlock(keras.layers.Layer):
             )
         _, height, width, channels = input_shape
         key_dim = self.key_dim or max(channels // self.num_heads, 1)
-        self.norm = _make_norm(
+        self.norm = make_norm(
             channels, self.groups, "norm", dtype=self.dtype_policy
         )
         self.norm.build(input_shape)

@@ -1,60 +1,11 @@
 """Time-conditioned residual block."""
 
 import keras
-import numpy as np
 from keras import ops
 
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    if value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _check_groups(groups):
-    if groups is None:
-        return None
-    return _check_positive_int("groups", groups)
-
-
-def _check_dropout(dropout):
-    try:
-        dropout = float(dropout)
-    except (TypeError, ValueError):
-        raise TypeError(
-            "`dropout` must be a number in [0, 1). "
-            f"Received: dropout={dropout!r}"
-        ) from None
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(
-            f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
-        )
-    return dropout
-
-
-def _num_groups(channels, groups):
-    """Largest divisor of `channels` that is not more than `groups`."""
-    for candidate in range(min(groups, channels), 0, -1):
-        if channels % candidate == 0:
-            return candidate
-    return 1
-
-
-def _make_norm(channels, groups, name, dtype=None):
-    """GroupNormalization (or, for `groups=None`, keras.io-style BatchNorm)."""
-    if groups is None:
-        return keras.layers.BatchNormalization(
-            center=False, scale=False, dtype=dtype, name=name
-        )
-    return keras.layers.GroupNormalization(
-        groups=_num_groups(int(channels), groups), dtype=dtype, name=name
-    )
+from keras_immiscible.layers.normalization import make_norm
+from keras_immiscible.utils.arguments import check_positive_int
+from keras_immiscible.utils.arguments import check_probability
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -109,14 +60,14 @@ class ResidualBlock(keras.layers.Layer):
 
     def __init__(self, width, groups=8, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.width = _check_positive_int("width", width)
-        self.groups = _check_groups(groups)
-        self.dropout = _check_dropout(dropout)
+        self.width = check_positive_int(width, "width")
+        self.groups = check_positive_int(groups, "groups", allow_none=True)
+        self.dropout = check_probability(dropout, "dropout", allow_one=False)
 
         self.conv1 = keras.layers.Conv2D(
             self.width, 3, padding="same", dtype=self.dtype_policy, name="conv1"
         )
-        self.norm2 = _make_norm(
+        self.norm2 = make_norm(
             self.width, self.groups, "norm2", dtype=self.dtype_policy
         )
         self.film = keras.layers.Dense(
@@ -153,7 +104,7 @@ class ResidualBlock(keras.layers.Layer):
         channels = x_shape[-1]
         hidden_shape = x_shape[:-1] + (self.width,)
 
-        self.norm1 = _make_norm(
+        self.norm1 = make_norm(
             channels, self.groups, "norm1", dtype=self.dtype_policy
         )
         self.norm1.build(x_shape)

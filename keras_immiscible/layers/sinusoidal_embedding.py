@@ -6,6 +6,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_immiscible.utils.arguments import check_number
+from keras_immiscible.utils.arguments import check_positive_int
+
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
 class SinusoidalEmbedding(keras.layers.Layer):
@@ -54,31 +57,18 @@ class SinusoidalEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if (
-            isinstance(embedding_dims, bool)
-            or not isinstance(embedding_dims, (int, np.integer))
-            or embedding_dims <= 0
-            or embedding_dims % 2
-        ):
+        embedding_dims = check_positive_int(embedding_dims, "embedding_dims")
+        if embedding_dims % 2:
             raise ValueError(
-                "`embedding_dims` must be a positive even integer. "
-                f"Received: embedding_dims={embedding_dims!r}"
+                "`embedding_dims` must be a positive even int, got "
+                f"{embedding_dims}."
             )
-        try:
-            min_frequency = float(min_frequency)
-            max_frequency = float(max_frequency)
-        except (TypeError, ValueError):
-            raise TypeError(
-                "`min_frequency` and `max_frequency` must be numbers. "
-                f"Received: min_frequency={min_frequency!r}, "
-                f"max_frequency={max_frequency!r}"
-            ) from None
-        if not 0.0 < min_frequency <= max_frequency:
-            raise ValueError(
-                "Expected 0 < `min_frequency` <= `max_frequency`. "
-                f"Received: min_frequency={min_frequency}, "
-                f"max_frequency={max_frequency}"
-            )
+        min_frequency = check_number(
+            min_frequency, "min_frequency", low=0, low_open=True
+        )
+        max_frequency = check_number(
+            max_frequency, "max_frequency", low=min_frequency
+        )
         self.embedding_dims = int(embedding_dims)
         self.min_frequency = min_frequency
         self.max_frequency = max_frequency

@@ -5,13 +5,12 @@ import numpy as np
 
 from keras_immiscible.layers.attention_block import AttentionBlock
 from keras_immiscible.layers.down_block import DownBlock
+from keras_immiscible.layers.normalization import make_norm
 from keras_immiscible.layers.residual_block import ResidualBlock
-from keras_immiscible.layers.residual_block import _check_dropout
-from keras_immiscible.layers.residual_block import _check_groups
-from keras_immiscible.layers.residual_block import _check_positive_int
-from keras_immiscible.layers.residual_block import _make_norm
 from keras_immiscible.layers.sinusoidal_embedding import SinusoidalEmbedding
 from keras_immiscible.layers.up_block import UpBlock
+from keras_immiscible.utils.arguments import check_positive_int
+from keras_immiscible.utils.arguments import check_probability
 
 
 def _is_positive_int(value):
@@ -122,18 +121,18 @@ def UNet(
             f"Received: widths={widths!r}"
         )
     widths = tuple(int(w) for w in widths)
-    block_depth = _check_positive_int("block_depth", block_depth)
-    embedding_dims = _check_positive_int("embedding_dims", embedding_dims)
+    block_depth = check_positive_int(block_depth, "block_depth")
+    embedding_dims = check_positive_int(embedding_dims, "embedding_dims")
     if embedding_dims % 2:
         raise ValueError(
             "`embedding_dims` must be even. "
             f"Received: embedding_dims={embedding_dims}"
         )
-    dropout = _check_dropout(dropout)
-    groups = _check_groups(groups)
-    num_heads = _check_positive_int("num_heads", num_heads)
+    dropout = check_probability(dropout, "dropout", allow_one=False)
+    groups = check_positive_int(groups, "groups", allow_none=True)
+    num_heads = check_positive_int(num_heads, "num_heads")
     if num_classes is not None:
-        num_classes = _check_positive_int("num_classes", num_classes)
+        num_classes = check_positive_int(num_classes, "num_classes")
 
     factor = 2 ** (len(widths) - 1)
     if height % factor or width % factor:
@@ -226,7 +225,7 @@ def UNet(
             name=f"up_block_{i}",
         )([x, emb, *skips.pop()])
 
-    x = _make_norm(widths[0], groups, "output_norm")(x)
+    x = make_norm(widths[0], groups, "output_norm")(x)
     x = keras.layers.Activation("silu", name="output_activation")(x)
     outputs = keras.layers.Conv2D(
         channels, 1, kernel_initializer="zeros", name="output_conv"

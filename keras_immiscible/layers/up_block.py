@@ -5,9 +5,8 @@ from keras import ops
 
 from keras_immiscible.layers.attention_block import AttentionBlock
 from keras_immiscible.layers.residual_block import ResidualBlock
-from keras_immiscible.layers.residual_block import _check_dropout
-from keras_immiscible.layers.residual_block import _check_groups
-from keras_immiscible.layers.residual_block import _check_positive_int
+from keras_immiscible.utils.arguments import check_positive_int
+from keras_immiscible.utils.arguments import check_probability
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -72,12 +71,12 @@ class UpBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.width = _check_positive_int("width", width)
-        self.block_depth = _check_positive_int("block_depth", block_depth)
+        self.width = check_positive_int(width, "width")
+        self.block_depth = check_positive_int(block_depth, "block_depth")
         self.attention = bool(attention)
-        self.dropout = _check_dropout(dropout)
-        self.groups = _check_groups(groups)
-        self.num_heads = _check_positive_int("num_heads", num_heads)
+        self.dropout = check_probability(dropout, "dropout", allow_one=False)
+        self.groups = check_positive_int(groups, "groups", allow_none=True)
+        self.num_heads = check_positive_int(num_heads, "num_heads")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 f"`interpolation` must be one of {_INTERPOLATIONS}. "
