@@ -118,6 +118,12 @@ def test_check_bool_choice_callable_seed():
             arguments.check_bool, 1, "flag")
     assert arguments.check_choice(None, "crop", ("center", None)) is None
     assert arguments.check_choice("center", "crop", ("center", None)) == "center"
+    assert arguments.check_choice(np.int64(16), "size", (8, 16)) == 16
+    assert arguments.check_choice(np.str_("a"), "s", ("a", "b")) == "a"
+    _raises(ValueError, "`size` must be one of (8, 16), got 16.0.",
+            arguments.check_choice, 16.0, "size", (8, 16))
+    _raises(ValueError, "`size` must be one of (0, 1), got True.",
+            arguments.check_choice, True, "size", (0, 1))
     _raises(ValueError, "`crop` must be one of ('center', None), got 'middle'.",
             arguments.check_choice, "middle", "crop", ("center", None))
     _raises(ValueError, "`k` must be one of (1, 2), got 1.0.",

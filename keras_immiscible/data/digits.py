@@ -6,12 +6,11 @@ for examples, tests and CPU-scale benchmarks, at 8x8 or upsampled to 16x16
 or 32x32 to try larger images on a CPU.
 """
 
-import numbers
-
 import keras
 import numpy as np
 
 from keras_immiscible.data import pipeline
+from keras_immiscible.utils import arguments
 
 IMAGE_SIZES = (8, 16, 32)
 INTERPOLATIONS = ("nearest", "bilinear")
@@ -58,27 +57,10 @@ def load_digits(
     >>> load_digits(image_size=32).shape
     (1797, 32, 32, 1)
     """
-    if split not in ("all", "train", "test"):
-        raise ValueError(
-            f"`split` must be 'all', 'train' or 'test', got {split!r}."
-        )
-    if dtype not in ("float32", "uint8"):
-        raise ValueError(
-            f"`dtype` must be 'float32' or 'uint8', got {dtype!r}."
-        )
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, numbers.Integral)
-        or image_size not in IMAGE_SIZES
-    ):
-        raise ValueError(
-            f"`image_size` must be one of {IMAGE_SIZES}, got {image_size!r}."
-        )
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"`interpolation` must be one of {INTERPOLATIONS}, got "
-            f"{interpolation!r}."
-        )
+    arguments.check_choice(split, "split", ("all", "train", "test"))
+    pipeline.check_dtype(dtype)
+    arguments.check_choice(image_size, "image_size", IMAGE_SIZES)
+    arguments.check_choice(interpolation, "interpolation", INTERPOLATIONS)
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as e:
@@ -171,7 +153,7 @@ def digits_dataset(
     from keras_immiscible.data.local import from_numpy
 
     pipeline.check_dtype(dtype)
-    with_labels = pipeline.check_bool(with_labels, "with_labels")
+    with_labels = arguments.check_bool(with_labels, "with_labels")
     images, labels = load_digits(
         split, dtype=dtype, return_labels=True, image_size=image_size,
         interpolation=interpolation,

@@ -5,13 +5,13 @@ already in memory. Both return batched `tf.data.Dataset`s of float32 images
 in [0, 1] (or uint8) that `model.fit` takes on every Keras backend.
 """
 
-import numbers
 import os
 
 import keras
 import numpy as np
 
 from keras_immiscible.data import pipeline
+from keras_immiscible.utils import arguments
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 COLOR_MODES = ("rgb", "grayscale")
@@ -209,27 +209,17 @@ def from_directory(
     """
     directory = _check_directory(directory)
     size = pipeline.check_image_size(image_size, allow_pair=True)
-    batch_size = pipeline.check_positive_int(batch_size, "batch_size")
-    if color_mode not in COLOR_MODES:
-        raise ValueError(
-            f"`color_mode` must be one of {COLOR_MODES}, got {color_mode!r}."
-        )
-    if crop not in CROPS:
-        raise ValueError(
-            f"`crop` must be 'center' or None, got {crop!r}."
-        )
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"`interpolation` must be one of {INTERPOLATIONS}, got "
-            f"{interpolation!r}."
-        )
-    with_labels = pipeline.check_bool(with_labels, "with_labels")
+    batch_size = arguments.check_positive_int(batch_size, "batch_size")
+    arguments.check_choice(color_mode, "color_mode", COLOR_MODES)
+    arguments.check_choice(crop, "crop", CROPS)
+    arguments.check_choice(interpolation, "interpolation", INTERPOLATIONS)
+    with_labels = arguments.check_bool(with_labels, "with_labels")
     shuffle_buffer = pipeline.check_shuffle(shuffle)
     cache = pipeline.check_cache(cache)
-    drop_remainder = pipeline.check_bool(drop_remainder, "drop_remainder")
-    flip = pipeline.check_bool(flip, "flip")
-    follow_links = pipeline.check_bool(follow_links, "follow_links")
-    seed = pipeline.check_seed(seed)
+    drop_remainder = arguments.check_bool(drop_remainder, "drop_remainder")
+    flip = arguments.check_bool(flip, "flip")
+    follow_links = arguments.check_bool(follow_links, "follow_links")
+    seed = arguments.check_seed(seed)
     dtype = pipeline.check_dtype(dtype)
     tf = pipeline.import_tensorflow("`from_directory`")
     if with_labels:
@@ -342,19 +332,6 @@ def _check_labels(labels, count):
     return labels.astype("int32")
 
 
-def _check_initial_epoch(initial_epoch):
-    if (
-        isinstance(initial_epoch, bool)
-        or not isinstance(initial_epoch, numbers.Integral)
-        or initial_epoch < 0
-    ):
-        raise ValueError(
-            "`initial_epoch` must be a non-negative int (the epoch of the "
-            f"first pass over the data), got {initial_epoch!r}."
-        )
-    return int(initial_epoch)
-
-
 def from_numpy(
     images,
     batch_size,
@@ -419,16 +396,16 @@ def from_numpy(
     """
     images = _check_images(images)
     count = images.shape[0]
-    batch_size = pipeline.check_positive_int(batch_size, "batch_size")
+    batch_size = arguments.check_positive_int(batch_size, "batch_size")
     with_labels = labels is not None
     if with_labels:
         labels = _check_labels(labels, count)
     shuffle = bool(pipeline.check_shuffle(shuffle, default_buffer=count))
-    drop_remainder = pipeline.check_bool(drop_remainder, "drop_remainder")
-    flip = pipeline.check_bool(flip, "flip")
-    seed = pipeline.check_seed(seed)
+    drop_remainder = arguments.check_bool(drop_remainder, "drop_remainder")
+    flip = arguments.check_bool(flip, "flip")
+    seed = arguments.check_seed(seed)
     dtype = pipeline.check_dtype(dtype)
-    initial_epoch = _check_initial_epoch(initial_epoch)
+    initial_epoch = arguments.check_int(initial_epoch, "initial_epoch", minimum=0)
     if drop_remainder and count < batch_size:
         raise ValueError(
             f"`images` holds {count} images, fewer than batch_size="

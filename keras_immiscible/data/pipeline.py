@@ -1,4 +1,5 @@
-"""Shared pieces of the `tf.data` input pipelines: argument checks, the
+"""Shared pieces of the `tf.data` input pipelines: the checks of their own
+arguments (the general ones are in `keras_immiscible.utils.arguments`), the
 center crop and resize of images, and the batching stage.
 
 Every loader of `keras_immiscible.data` produces the same kind of pipeline:
@@ -19,6 +20,8 @@ import numbers
 import os
 
 import numpy as np
+
+from keras_immiscible.utils import arguments
 
 OUTPUT_DTYPES = ("float32", "uint8")
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -41,16 +44,6 @@ def import_tensorflow(what):
 # --------------------------------------------------------- argument checks
 
 
-def check_positive_int(value, name):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
 def check_image_size(image_size, name="image_size", allow_pair=False):
     """Returns `(height, width)` from an int (or a pair, if allowed)."""
     if isinstance(image_size, (tuple, list)) and allow_pair:
@@ -60,8 +53,8 @@ def check_image_size(image_size, name="image_size", allow_pair=False):
                 f"{image_size!r}."
             )
         return (
-            check_positive_int(image_size[0], name),
-            check_positive_int(image_size[1], name),
+            arguments.check_positive_int(image_size[0], name),
+            arguments.check_positive_int(image_size[1], name),
         )
     if (
         isinstance(image_size, bool)
@@ -71,14 +64,11 @@ def check_image_size(image_size, name="image_size", allow_pair=False):
         expected = "an int or a pair (height, width)" if allow_pair else (
             "a positive int (the side of the square images)"
         )
-        raise ValueError(f"`{name}` must be {expected}, got {image_size!r}.")
+        error = ValueError if isinstance(image_size, numbers.Integral) else (
+            arguments.ArgumentTypeError
+        )
+        raise error(f"`{name}` must be {expected}, got {image_size!r}.")
     return int(image_size), int(image_size)
-
-
-def check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    return bool(value)
 
 
 def check_shuffle(shuffle, default_buffer=DEFAULT_SHUFFLE_BUFFER):
@@ -103,14 +93,6 @@ def check_cache(cache):
         "`cache` must be True (in memory), False, or a file path for an "
         f"on-disk cache, got {cache!r}."
     )
-
-
-def check_seed(seed):
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"`seed` must be None or an int, got {seed!r}.")
-    return int(seed)
 
 
 def check_dtype(dtype):

@@ -15,6 +15,7 @@ import numbers
 import os
 
 from keras_immiscible.data import pipeline
+from keras_immiscible.utils import arguments
 
 TFDS_EXTRA = "keras-immiscible[tfds]"
 
@@ -133,14 +134,14 @@ def _check_common(
 ):
     return dict(
         size=pipeline.check_image_size(image_size),
-        batch_size=pipeline.check_positive_int(batch_size, "batch_size"),
+        batch_size=arguments.check_positive_int(batch_size, "batch_size"),
         shuffle_buffer=pipeline.check_shuffle(shuffle),
         cache=pipeline.check_cache(cache),
-        drop_remainder=pipeline.check_bool(drop_remainder, "drop_remainder"),
-        flip=pipeline.check_bool(flip, "flip"),
-        with_labels=pipeline.check_bool(with_labels, "with_labels"),
-        download=pipeline.check_bool(download, "download"),
-        seed=pipeline.check_seed(seed),
+        drop_remainder=arguments.check_bool(drop_remainder, "drop_remainder"),
+        flip=arguments.check_bool(flip, "flip"),
+        with_labels=arguments.check_bool(with_labels, "with_labels"),
+        download=arguments.check_bool(download, "download"),
+        seed=arguments.check_seed(seed),
         dtype=pipeline.check_dtype(dtype),
     )
 

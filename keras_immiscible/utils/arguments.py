@@ -130,10 +130,12 @@ def check_bool(value, name):
 
 
 def check_choice(value, name, choices):
-    """One of `choices`: the choice itself, or equal to it and of its type
-    (so `1.0` is not `1`, and an array is never a choice)."""
+    """One of `choices`: equal to one and of its kind (bool, int, float,
+    str: numpy scalars count as their Python kind), so `16.0` is not `16`,
+    `True` is not `1`, and an array is never a choice."""
     if not any(
-        value is choice or (isinstance(value, type(choice)) and value == choice)
+        value is choice
+        or (_kind(value) == _kind(choice) and value == choice)
         for choice in choices
     ):
         raise ValueError(
@@ -153,3 +155,10 @@ def check_seed(value, name="seed"):
     """None or an int seed (`check_int(value, name, allow_none=True)`)."""
     return check_int(value, name, allow_none=True)
 
+
+
+def _kind(value):
+    for kind in ((bool, np.bool_), numbers.Integral, numbers.Real, str):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
