@@ -499,7 +499,7 @@ def test_sampler_levels():
         ConsistencySampler(sigmas=(1.0, 10.0))
     with pytest.raises(ValueError, match="> 0"):
         ConsistencySampler(sigmas=(1.0, -1.0))
-    with pytest.raises(TypeError, match="numbers"):
+    with pytest.raises(TypeError, match="`sigmas` must be a number > 0"):
         ConsistencySampler(sigmas=(1.0, "0.5"))
     with pytest.raises(TypeError, match="sequence"):
         ConsistencySampler(sigmas=80.0)

@@ -759,3 +759,22 @@ def test_stochastic_property_and_is_stochastic():
     restored = samplers.get(json.loads(json.dumps(samplers.serialize(sampler))))
     assert type(restored) is consistency and restored.sigmas == [80.0, 0.821]
     assert restored.is_stochastic(2)
+
+
+def test_registered_names_and_base_class_home():
+    """Saved models name their samplers by these: they must not change."""
+    from keras_immiscible.samplers import sampler as sampler_module
+
+    for cls in (samplers.DDIM, samplers.DDPM, samplers.Euler, samplers.Heun,
+                samplers.ConsistencySampler):
+        assert keras.saving.get_registered_name(cls) == (
+            f"keras_immiscible>{cls.__name__}"
+        )
+        assert issubclass(cls, sampler_module.SamplerBase)
+    assert samplers.SamplerBase is sampler_module.SamplerBase
+    with pytest.raises(ValueError) as info:
+        samplers.DDIM().sample(lambda x, t: (x, x), np.zeros((1, 2)), None, 0)
+    assert str(info.value) == "`steps` must be a positive int, got 0."
+    with pytest.raises(ValueError) as info:
+        samplers.DDIM(eta=-0.5)
+    assert str(info.value) == "`eta` must be a number >= 0, got -0.5."

@@ -16,6 +16,9 @@ the read-only `stochastic` property and `is_stochastic(steps)` (DDPM and
 `Euler`, `Heun` and `DDIM(eta=0)` never). Only deterministic sampling stays
 valid on a model trained with assigned (coupled) noise; `generate` warns
 otherwise.
+
+`SamplerBase` (in `sampler.py`, with the helpers the samplers share) is
+their common base class.
 """
 
 import keras
@@ -25,6 +28,7 @@ from keras_immiscible.samplers.ddim import DDIM
 from keras_immiscible.samplers.ddpm import DDPM
 from keras_immiscible.samplers.flow import Euler
 from keras_immiscible.samplers.flow import Heun
+from keras_immiscible.samplers.sampler import SamplerBase
 
 _ALIASES = {
     "ddim": DDIM,
@@ -39,6 +43,7 @@ __all__ = [
     "DDPM",
     "Euler",
     "Heun",
+    "SamplerBase",
     "get",
     "serialize",
     "deserialize",

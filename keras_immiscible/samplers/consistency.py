@@ -7,22 +7,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_immiscible.samplers.ddim import SamplerBase
+from keras_immiscible.samplers.sampler import SamplerBase
 from keras_immiscible.schedules import consistency as cm
+from keras_immiscible.utils import arguments
 
 # iCT's two-step sampling schedule for CIFAR-10 (Song & Dhariwal, 2023).
 TWO_STEP_SIGMA = 0.821
-
-
-def _check_sigma(value):
-    if isinstance(value, bool) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"`sigmas` must hold numbers, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"`sigmas` must be finite and > 0, got {value}.")
-    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -80,7 +70,10 @@ class ConsistencySampler(SamplerBase):
                 raise TypeError(
                     f"`sigmas` must be None or a sequence, got {sigmas!r}."
                 )
-            sigmas = [_check_sigma(s) for s in sigmas]
+            sigmas = [
+                arguments.check_number(s, "sigmas", low=0, low_open=True)
+                for s in sigmas
+            ]
             if not sigmas or any(
                 b >= a for a, b in itertools.pairwise(sigmas)
             ):

@@ -3,15 +3,14 @@
 import keras
 from keras import ops
 
-from keras_immiscible.samplers.ddim import SamplerBase
-from keras_immiscible.samplers.ddim import batch_times
-from keras_immiscible.samplers.ddim import check_callable
-from keras_immiscible.samplers.ddim import check_steps
-from keras_immiscible.samplers.ddim import posterior_variance
-from keras_immiscible.samplers.ddim import prepare_noise
-from keras_immiscible.samplers.ddim import seed_generator
-from keras_immiscible.samplers.ddim import time_grid
-from keras_immiscible.samplers.ddim import transition_rates
+from keras_immiscible.samplers.sampler import SamplerBase
+from keras_immiscible.samplers.sampler import batch_times
+from keras_immiscible.samplers.sampler import posterior_variance
+from keras_immiscible.samplers.sampler import prepare_noise
+from keras_immiscible.samplers.sampler import seed_generator
+from keras_immiscible.samplers.sampler import time_grid
+from keras_immiscible.samplers.sampler import transition_rates
+from keras_immiscible.utils import arguments
 
 VARIANCES = ("posterior", "beta")
 
@@ -115,8 +114,8 @@ class DDPM(SamplerBase):
             Tensor shaped like `initial_noise`: the data predicted at the
             last step.
         """
-        steps = check_steps(steps)
-        check_callable("denoise", denoise)
+        steps = arguments.check_positive_int(steps, "steps")
+        arguments.check_callable(denoise, "denoise")
         times = time_grid(schedule, steps)
         x, batch_size = prepare_noise(initial_noise)
         dtype = x.dtype

@@ -2,19 +2,18 @@
 
 import keras
 
-from keras_immiscible.samplers.ddim import SamplerBase
-from keras_immiscible.samplers.ddim import batch_times
-from keras_immiscible.samplers.ddim import check_callable
-from keras_immiscible.samplers.ddim import check_steps
-from keras_immiscible.samplers.ddim import prepare_noise
-from keras_immiscible.samplers.ddim import time_grid
+from keras_immiscible.samplers.sampler import SamplerBase
+from keras_immiscible.samplers.sampler import batch_times
+from keras_immiscible.samplers.sampler import prepare_noise
+from keras_immiscible.samplers.sampler import time_grid
+from keras_immiscible.utils import arguments
 
 FINAL_STEPS = ("euler", "heun")
 
 
 def _velocity_sample_args(velocity, initial_noise, schedule, steps):
-    steps = check_steps(steps)
-    check_callable("velocity", velocity)
+    steps = arguments.check_positive_int(steps, "steps")
+    arguments.check_callable(velocity, "velocity")
     times = time_grid(schedule, steps)
     x, batch_size = prepare_noise(initial_noise)
     return x, batch_size, times
