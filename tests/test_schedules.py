@@ -466,3 +466,24 @@ def test_iddpm_cosine_bad_arguments(kwargs, error, match):
 def test_discrete_schedule_bad_betas(betas, error):
     with pytest.raises(error, match="betas"):
         schedules.DiscreteSchedule(betas)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: schedules.LinearBeta(num_steps=2.5), TypeError,
+         "`num_steps` must be a positive int, got 2.5."),
+        (lambda: schedules.LinearBeta(beta_start=0.03, beta_end=0.02),
+         ValueError, "`beta_end` must be a number in [0.03, 1), got 0.02."),
+        (lambda: schedules.IDDPMCosine(max_beta=1.0), ValueError,
+         "`max_beta` must be a number in (0, 1), got 1.0."),
+        (lambda: schedules.IDDPMCosine(offset=None), TypeError,
+         "`offset` must be a number >= 0, got None."),
+        (lambda: schedules.CosineSchedule("low", 0.9), TypeError,
+         "`min_signal_rate` must be a finite number, got 'low'."),
+    ],
+)
+def test_schedule_argument_messages(make, error, message):
+    with pytest.raises(error) as info:
+        make()
+    assert str(info.value) == message

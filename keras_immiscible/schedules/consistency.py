@@ -18,6 +18,8 @@ import math
 
 from keras import ops
 
+from keras_immiscible.utils import arguments
+
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 SIGMA_DATA = 0.5
@@ -265,9 +267,7 @@ def pseudo_huber_c(dim, scale=HUBER_SCALE):
 
     E.g. `d = 3072` (CIFAR-10) gives `c = 0.0299`, `d = 64` gives 0.00432.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"`dim` must be an integer >= 1. Received: {dim!r}")
-    return scale * math.sqrt(dim)
+    return scale * math.sqrt(arguments.check_positive_int(dim, "dim"))
 
 
 def pseudo_huber(x, y, c):

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_immiscible.schedules.schedule import Schedule
+from keras_immiscible.utils import arguments
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -41,15 +42,12 @@ class CosineSchedule(Schedule):
     """
 
     def __init__(self, min_signal_rate=0.02, max_signal_rate=0.95):
-        try:
-            min_signal_rate = float(min_signal_rate)
-            max_signal_rate = float(max_signal_rate)
-        except (TypeError, ValueError):
-            raise TypeError(
-                "`min_signal_rate` and `max_signal_rate` must be numbers. "
-                f"Received: min_signal_rate={min_signal_rate!r}, "
-                f"max_signal_rate={max_signal_rate!r}"
-            ) from None
+        min_signal_rate = arguments.check_number(
+            min_signal_rate, "min_signal_rate"
+        )
+        max_signal_rate = arguments.check_number(
+            max_signal_rate, "max_signal_rate"
+        )
         if not 0.0 < min_signal_rate < max_signal_rate <= 1.0:
             raise ValueError(
                 "Expected 0 < `min_signal_rate` < `max_signal_rate` <= 1. "

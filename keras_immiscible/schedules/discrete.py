@@ -7,38 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_immiscible.schedules.schedule import Schedule
-
-
-def _check_num_steps(num_steps):
-    if isinstance(num_steps, bool) or not isinstance(
-        num_steps, (int, np.integer)
-    ):
-        raise TypeError(
-            "`num_steps` must be an integer >= 1. "
-            f"Received: num_steps={num_steps!r}"
-        )
-    if num_steps < 1:
-        raise ValueError(
-            "`num_steps` must be an integer >= 1. "
-            f"Received: num_steps={num_steps}"
-        )
-    return int(num_steps)
-
-
-def _check_float(name, value):
-    if isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a number. Received: {name}={value!r}"
-        )
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"`{name}` must be a number. Received: {name}={value!r}"
-        ) from None
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite. Received: {name}={value}")
-    return value
+from keras_immiscible.utils import arguments
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -177,14 +146,14 @@ class LinearBeta(DiscreteSchedule):
     """
 
     def __init__(self, num_steps=1000, beta_start=1e-4, beta_end=0.02):
-        num_steps = _check_num_steps(num_steps)
-        beta_start = _check_float("beta_start", beta_start)
-        beta_end = _check_float("beta_end", beta_end)
-        if not 0.0 < beta_start <= beta_end < 1.0:
-            raise ValueError(
-                "Expected 0 < `beta_start` <= `beta_end` < 1. "
-                f"Received: beta_start={beta_start}, beta_end={beta_end}"
-            )
+        num_steps = arguments.check_positive_int(num_steps, "num_steps")
+        beta_start = arguments.check_number(
+            beta_start, "beta_start", low=0, high=1, low_open=True,
+            high_open=True,
+        )
+        beta_end = arguments.check_number(
+            beta_end, "beta_end", low=beta_start, high=1, high_open=True
+        )
         self.beta_start = beta_start
         self.beta_end = beta_end
         self._set_betas(np.linspace(beta_start, beta_end, num_steps))
@@ -227,17 +196,11 @@ class IDDPMCosine(DiscreteSchedule):
     """
 
     def __init__(self, num_steps=1000, offset=0.008, max_beta=0.999):
-        num_steps = _check_num_steps(num_steps)
-        offset = _check_float("offset", offset)
-        max_beta = _check_float("max_beta", max_beta)
-        if offset < 0.0:
-            raise ValueError(
-                f"`offset` must be >= 0. Received: offset={offset}"
-            )
-        if not 0.0 < max_beta < 1.0:
-            raise ValueError(
-                f"`max_beta` must be in (0, 1). Received: max_beta={max_beta}"
-            )
+        num_steps = arguments.check_positive_int(num_steps, "num_steps")
+        offset = arguments.check_number(offset, "offset", low=0)
+        max_beta = arguments.check_number(
+            max_beta, "max_beta", low=0, high=1, low_open=True, high_open=True
+        )
         self.offset = offset
         self.max_beta = max_beta
         t = np.arange(num_steps + 1, dtype="float64") / num_steps
