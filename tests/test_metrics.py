@@ -643,3 +643,21 @@ def test_evaluate_generator_matches_direct_computation():
         metrics.evaluate_generator(model, real, metrics=["is"], verbose=0)
     with pytest.raises(TypeError, match="generate"):
         metrics.evaluate_generator(object(), real, feature_extractor=np_identity, verbose=0)
+
+
+def test_metric_argument_messages():
+    def identity(x):
+        return x
+
+    cases = [
+        (lambda: metrics.KID(feature_extractor=identity, subset_size=1),
+         ValueError, "`subset_size` must be an int >= 2, got 1."),
+        (lambda: metrics.KID(feature_extractor=identity, seed=0.5),
+         TypeError, "`seed` must be an int, got 0.5."),
+        (lambda: metrics.FID(feature_extractor=identity, batch_size=0),
+         ValueError, "`batch_size` must be a positive int, got 0."),
+    ]
+    for make, error, message in cases:
+        with pytest.raises(error) as info:
+            make()
+        assert str(info.value) == message

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from keras_immiscible.metrics.feature_extractors import FeatureExtractor
-from keras_immiscible.metrics.feature_extractors import check_batch
+from keras_immiscible.metrics.feature_extractors import check_finite_samples
 from keras_immiscible.metrics.feature_extractors import images_to_unit_float
 
 # Everything that determines the trained weights. Changing anything here
@@ -195,7 +195,7 @@ class DigitsFeatureExtractor(FeatureExtractor):
         return ("digits", recipe_key())
 
     def validate(self, images, name="images"):
-        images = check_batch(images, name)
+        images = check_finite_samples(images, name)
         if tuple(images.shape[1:]) != tuple(RECIPE["input_shape"]):
             raise ValueError(
                 f"`{name}` must be digits images of shape (N, 8, 8, 1), got "

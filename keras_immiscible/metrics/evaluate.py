@@ -13,6 +13,7 @@ from keras_immiscible.metrics.feature_extractors import to_numpy
 from keras_immiscible.metrics.feature_metric import FeatureMetric
 from keras_immiscible.metrics.fid import FID
 from keras_immiscible.metrics.kid import KID
+from keras_immiscible.utils import arguments
 
 _METRICS = {"fid": FID, "kid": KID}
 
@@ -98,8 +99,7 @@ def iterate_image_batches(data, batch_size, limit=None, name="real_images"):
         limit: stop after this many images (`None`: all).
         name: argument name for error messages.
     """
-    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
-        raise ValueError(f"`num_real_images` must be an integer >= 1, got {limit!r}.")
+    arguments.check_positive_int(limit, "num_real_images", allow_none=True)
     if isinstance(data, (str, bytes, dict)) or data is None:
         raise TypeError(
             f"`{name}` must be an image array, a tf.data.Dataset or an "
@@ -200,10 +200,8 @@ def generate_batches(model, num_images, batch_size, steps, seed, generate_kwargs
     Batch `i` is `model.generate(n_i, steps=steps, seed=seed + i,
     **generate_kwargs)`, so the images depend on `(seed, batch_size)`.
     """
-    if not isinstance(num_images, (int, np.integer)) or num_images < 1:
-        raise ValueError(f"`num_images` must be an integer >= 1, got {num_images!r}.")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    arguments.check_positive_int(num_images, "num_images")
+    arguments.check_positive_int(batch_size, "batch_size")
     if not callable(getattr(model, "generate", None)):
         raise TypeError(
             "`model` must have a `generate(num_images, steps=..., seed=...)` "

@@ -37,6 +37,8 @@ import os
 import keras
 import numpy as np
 
+from keras_immiscible.utils import arguments
+
 INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 
@@ -61,7 +63,7 @@ def to_numpy(x, name):
         ) from e
 
 
-def check_batch(x, name):
+def check_finite_samples(x, name):
     """Generic checks of a batch of samples; returns it as numpy.
 
     The batch must be numeric, have a leading batch axis with at least one
@@ -134,18 +136,14 @@ class FeatureExtractor:
     """
 
     def __init__(self, batch_size=64):
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(
-                f"`batch_size` must be an integer >= 1, got {batch_size!r}."
-            )
-        self.batch_size = int(batch_size)
+        self.batch_size = arguments.check_positive_int(batch_size, "batch_size")
 
     @property
     def source(self):
         return self
 
     def validate(self, images, name="images"):
-        return check_batch(images, name)
+        return check_finite_samples(images, name)
 
     def extract(self, batch):
         raise NotImplementedError
@@ -301,7 +299,7 @@ class InceptionFeatureExtractor(FeatureExtractor):
         return self._model
 
     def validate(self, images, name="images"):
-        images = check_batch(images, name)
+        images = check_finite_samples(images, name)
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(
                 f"`{name}` must be NHWC images with 1 (grey) or 3 (RGB) "

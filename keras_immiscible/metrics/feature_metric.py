@@ -39,9 +39,10 @@ import re
 
 import numpy as np
 
-from keras_immiscible.metrics.feature_extractors import check_batch
+from keras_immiscible.metrics.feature_extractors import check_finite_samples
 from keras_immiscible.metrics.feature_extractors import check_inception_weights
 from keras_immiscible.metrics.feature_extractors import get_feature_extractor
+from keras_immiscible.utils import arguments
 
 REAL = "real"
 GENERATED = "generated"
@@ -90,10 +91,7 @@ class FeatureMetric:
         if not isinstance(name, str) or not name:
             raise TypeError(f"`name` must be a non-empty string, got {name!r}.")
         self.name = name
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(
-                f"`batch_size` must be an integer >= 1, got {batch_size!r}."
-            )
+        arguments.check_positive_int(batch_size, "batch_size")
         self._extractor_spec = feature_extractor
         self.weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
         self.batch_size = int(batch_size)
@@ -227,7 +225,7 @@ class FeatureMetric:
         ):
             if feats is None:
                 continue
-            feats = check_batch(feats, name)
+            feats = check_finite_samples(feats, name)
             if feats.ndim != 2:
                 raise ValueError(
                     f"`{name}` must have shape (n, d), got {feats.shape}."

@@ -33,6 +33,7 @@ import numpy as np
 from keras_immiscible.metrics.feature_metric import GENERATED
 from keras_immiscible.metrics.feature_metric import REAL
 from keras_immiscible.metrics.feature_metric import FeatureMetric
+from keras_immiscible.utils import arguments
 
 
 def polynomial_kernel(x, y, degree=3, coef0=1.0):
@@ -159,12 +160,8 @@ class KID(FeatureMetric):
             ("max_samples", max_samples),
         ):
             minimum = 2 if arg != "num_subsets" else 1
-            if not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(
-                    f"`{arg}` must be an integer >= {minimum}, got {value!r}."
-                )
-        if not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"`seed` must be an integer, got {seed!r}.")
+            arguments.check_int(value, arg, minimum=minimum)
+        arguments.check_int(seed, "seed")
         self.subset_size = int(subset_size)
         self.num_subsets = int(num_subsets)
         self.max_samples = int(max_samples)
