@@ -2,10 +2,11 @@
 
 With `optimizer=keras.optimizers.AdamW(..., use_ema=True)` the optimizer
 keeps an exponential moving average of every trainable variable. Diffusion
-models should be sampled and evaluated with those averaged weights (see the
-measurement notes in DESIGN.md). `ema_weights(model)` puts them into the
-model for the duration of a `with` block and restores the training weights
-afterwards, also when the block raises.
+models should be sampled and evaluated with those averaged weights, as
+DDPM (Ho et al., 2020, arXiv 2006.11239) and the diffusion papers since do
+(see the README, "Samples and FID/KID during `fit`"). `ema_weights(model)`
+puts them into the model for the duration of a `with` block and restores
+the training weights afterwards, also when the block raises.
 
 How it differs from `keras.callbacks.SwapEMAWeights`: that callback *swaps*
 the two sets in place (the optimizer's average variables hold the training

@@ -1,6 +1,6 @@
 """Evaluate FID/KID of generated samples during `fit`."""
 
-import numpy as np
+import numbers
 
 import keras
 
@@ -8,6 +8,7 @@ from keras_immiscible.callbacks.ema import ema_weights
 from keras_immiscible.metrics.evaluate import add_generated_images
 from keras_immiscible.metrics.evaluate import add_real_images
 from keras_immiscible.metrics.evaluate import resolve_metrics
+from keras_immiscible.utils import arguments
 
 
 class GenerativeEvaluation(keras.callbacks.Callback):
@@ -106,11 +107,10 @@ class GenerativeEvaluation(keras.callbacks.Callback):
             ("num_images", num_images),
             ("batch_size", batch_size),
         ):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
+            arguments.check_positive_int(value, arg)
         if skipped_value is not None:
             if isinstance(skipped_value, bool) or not isinstance(
-                skipped_value, (int, float, np.integer, np.floating)
+                skipped_value, numbers.Real
             ):
                 raise TypeError(
                     "`skipped_value` must be a float (NaN by default) or "
