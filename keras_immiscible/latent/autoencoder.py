@@ -19,8 +19,9 @@ import math
 import numbers
 
 import keras
-import numpy as np
 from keras import ops
+
+from keras_immiscible.utils import arguments
 
 POSTERIORS = (None, "diagonal_gaussian")
 # The clip of the log-variance in Stable Diffusion's
@@ -175,20 +176,10 @@ class Autoencoder(keras.Model):
                     f"`{name}` must be a Keras model or a callable, got "
                     f"{value!r}."
                 )
-        if (
-            not isinstance(scaling_factor, numbers.Real)
-            or isinstance(scaling_factor, bool)
-            or not math.isfinite(scaling_factor)
-            or scaling_factor <= 0
-        ):
-            raise ValueError(
-                "`scaling_factor` must be a positive finite number, got "
-                f"{scaling_factor!r}."
-            )
-        if posterior not in POSTERIORS:
-            raise ValueError(
-                f"`posterior` must be one of {POSTERIORS}, got {posterior!r}."
-            )
+        scaling_factor = arguments.check_number(
+            scaling_factor, "scaling_factor", low=0, low_open=True
+        )
+        arguments.check_choice(posterior, "posterior", POSTERIORS)
         self.encoder = encoder
         self.decoder = decoder
         self._scaling_factor = float(scaling_factor)
@@ -347,8 +338,7 @@ class Autoencoder(keras.Model):
         Returns:
             float32 latents `(B, *latent_shape)`, times `scaling_factor`.
         """
-        if not isinstance(sample, (bool, np.bool_)):
-            raise TypeError(f"`sample` must be True or False, got {sample!r}.")
+        arguments.check_bool(sample, "sample")
         x = self._to_model_range(images)
         try:
             expected = self.image_shape

@@ -1,12 +1,12 @@
 """Encoding an image dataset once: `encode_dataset`."""
 
-import numbers
 import os
 
 import keras
 import numpy as np
 
 from keras_immiscible.latent.autoencoder import Autoencoder
+from keras_immiscible.utils import arguments
 
 CACHE_VERSION = 1
 
@@ -215,22 +215,9 @@ def encode_dataset(
             "keras_immiscible.latent.Autoencoder (wrap an encoder/decoder "
             f"pair with `Autoencoder(encoder, decoder)`), got {autoencoder!r}."
         )
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size <= 0
-    ):
-        raise ValueError(
-            f"`batch_size` must be a positive int, got {batch_size!r}."
-        )
-    batch_size = int(batch_size)
-    if not isinstance(sample, (bool, np.bool_)):
-        raise TypeError(f"`sample` must be True or False, got {sample!r}.")
-    sample = bool(sample)
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-    ):
-        raise TypeError(f"`seed` must be None or an int, got {seed!r}.")
+    batch_size = arguments.check_positive_int(batch_size, "batch_size")
+    sample = arguments.check_bool(sample, "sample")
+    arguments.check_seed(seed)
     if path is not None:
         path = os.fspath(path)
 

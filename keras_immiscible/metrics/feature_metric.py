@@ -37,7 +37,6 @@ so it can go straight into `logs`, `float()` or `json`).
 import os
 import re
 
-import numpy as np
 
 from keras_immiscible.metrics.feature_extractors import check_finite_samples
 from keras_immiscible.metrics.feature_extractors import check_inception_weights

@@ -17,6 +17,8 @@ initialisation quickly, late ones average over about 1 / (1 - m) steps.
 import keras
 from keras import ops
 
+from keras_immiscible.utils import arguments
+
 
 def warmup_momentum(ema_momentum, iterations, warmup):
     """The EMA momentum at step `iterations` (0 at the first step).
@@ -43,18 +45,9 @@ def warmup_momentum(ema_momentum, iterations, warmup):
 
 
 def _check_warmup(ema_warmup):
-    if ema_warmup is None:
-        return None
-    if isinstance(ema_warmup, bool) or not isinstance(ema_warmup, (int, float)):
-        raise TypeError(
-            f"`ema_warmup` must be a number >= 1 or None, got {ema_warmup!r}."
-        )
-    if not ema_warmup >= 1.0:
-        raise ValueError(
-            f"`ema_warmup` must be >= 1 (or None for no warm-up), got "
-            f"{ema_warmup!r}."
-        )
-    return float(ema_warmup)
+    return arguments.check_number(
+        ema_warmup, "ema_warmup", low=1, allow_none=True
+    )
 
 
 class EMAWarmup:
