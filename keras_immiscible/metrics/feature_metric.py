@@ -37,7 +37,6 @@ so it can go straight into `logs`, `float()` or `json`).
 import os
 import re
 
-
 from keras_immiscible.metrics.feature_extractors import check_finite_samples
 from keras_immiscible.metrics.feature_extractors import check_inception_weights
 from keras_immiscible.metrics.feature_extractors import get_feature_extractor
