@@ -36,6 +36,21 @@ def test_png_refuses_bad_images(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_grid_argument_messages():
+    images = np.zeros((2, 3, 3, 1), "uint8")
+    for kwargs, message in [
+        (dict(scale=0), "`scale` must be a positive int, got 0."),
+        (dict(padding=-1), "`padding` must be a non-negative int, got -1."),
+        (dict(num_rows=1.5), "`num_rows` must be a positive int, got 1.5."),
+    ]:
+        with pytest.raises(ValueError) as info:
+            image_utils.make_image_grid(images, **kwargs)
+        assert str(info.value) == message
+    assert image_utils.make_image_grid(images, num_rows=np.int64(2)).shape == (
+        9, 5, 1
+    )
+
+
 # --------------------------------------------------------------- arguments
 
 

@@ -13,6 +13,8 @@ import os
 import keras
 import numpy as np
 
+from keras_immiscible.utils import arguments
+
 
 def to_uint8_images(images, name="images"):
     """Converts NHWC images (float in [0, 1] or uint8 0-255) to uint8.
@@ -65,19 +67,13 @@ def make_image_grid(images, num_rows=None, padding=1, pad_value=0, scale=1):
     n, h, w, c = images.shape
     if n == 0:
         raise ValueError("`images` must hold at least one image, got none.")
-    if not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"`scale` must be an integer >= 1, got {scale!r}.")
-    if not isinstance(padding, (int, np.integer)) or padding < 0:
-        raise ValueError(f"`padding` must be an integer >= 0, got {padding!r}.")
+    scale = arguments.check_positive_int(scale, "scale")
+    padding = arguments.check_int(padding, "padding", minimum=0)
     if num_rows is None:
         num_cols = int(math.ceil(math.sqrt(n)))
         num_rows = int(math.ceil(n / num_cols))
     else:
-        if not isinstance(num_rows, (int, np.integer)) or num_rows < 1:
-            raise ValueError(
-                f"`num_rows` must be an integer >= 1, got {num_rows!r}."
-            )
-        num_rows = int(num_rows)
+        num_rows = arguments.check_positive_int(num_rows, "num_rows")
         num_cols = int(math.ceil(n / num_rows))
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
