@@ -359,7 +359,7 @@ def test_get_resolves_identifiers():
     assert type(linear) is LinearAssignment
     assert linear.get_config() == {
         "solver": "scipy", "metric": "sq_l2", "quantize": False,
-        "per_class": False,
+        "per_class": False, "scope": "global",
     }
     assert type(assignment.get("Linear")) is LinearAssignment
     knn = assignment.get("knn")

@@ -4,10 +4,14 @@ import keras
 from keras import ops
 
 from keras_immiscible.assignment.noise_assigner import NoiseAssigner
+from keras_immiscible.backend import distribution
 from keras_immiscible.ops.distance import assignment_cost
 from keras_immiscible.ops.distance import check_metric
 from keras_immiscible.ops.linear_sum_assignment import check_solver
 from keras_immiscible.ops.linear_sum_assignment import linear_sum_assignment
+
+
+SCOPES = ("global", "replica")
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -39,6 +43,27 @@ class LinearAssignment(NoiseAssigner):
             classes cost more than any within-class permutation: the same
             optimum as one solve per class. Default False (the papers'
             recipe, which assigns across labels).
+        scope: what one assignment covers when training runs on several
+            devices (`keras.distribution` on JAX, `tf.distribute` on
+            TensorFlow). `"global"` (default): one assignment over the
+            whole global batch, as the official code does (it all-gathers
+            the noise and the distance rows so that one process solves the
+            8 x 256 batch of its Stable Diffusion runs); on JAX the step
+            already sees the global batch, on TensorFlow the replicas'
+            rows are all-gathered, every replica solves the same problem
+            and keeps its slice. `"replica"`: each device assigns its own
+            shard, with no communication (`jax.shard_map` on JAX; the
+            per-replica step on TensorFlow). The default is the papers'
+            recipe, and it is the one whose result does not depend on the
+            device count (4 devices give the noise of 1 device with the
+            same global batch and seed). `"replica"` is recommended once
+            the per-device batch is large (hundreds of rows): the solve is
+            superlinear in B (scipy ~B^3), the shards' solves run in
+            parallel, and the papers' gain grows only slowly with B
+            (1.93% at B=128, 2.44% at B=1024, Immiscible Diffusion
+            Table 2). On one device both scopes are the same. In both
+            scopes the candidate noise is the same draw: the one-device
+            draw of the global batch, of which each device holds its rows.
 
     Example:
 
@@ -47,10 +72,16 @@ class LinearAssignment(NoiseAssigner):
     >>> noise, change = assigner(images, seed=1, return_change=True)
     >>> per_class = LinearAssignment(per_class=True)
     >>> noise = per_class(images, seed=1, labels=labels)
+    >>> sharded = LinearAssignment(solver="auction", scope="replica")
     """
 
     def __init__(
-        self, solver="scipy", metric="sq_l2", quantize=False, per_class=False
+        self,
+        solver="scipy",
+        metric="sq_l2",
+        quantize=False,
+        per_class=False,
+        scope="global",
     ):
         check_solver(solver)
         check_metric(metric)
@@ -58,17 +89,43 @@ class LinearAssignment(NoiseAssigner):
             raise TypeError(f"`quantize` must be a bool, got {quantize!r}.")
         if not isinstance(per_class, bool):
             raise TypeError(f"`per_class` must be a bool, got {per_class!r}.")
+        if scope not in SCOPES:
+            raise ValueError(
+                f"`scope` must be one of {SCOPES}, got {scope!r}."
+            )
         self.solver = solver
         self.metric = metric
         self.quantize = quantize
         self.per_class = per_class
+        self.scope = scope
 
     @property
     def on_host(self):
         """Whether the solver runs on the host (not XLA-compilable on TF)."""
         return self.solver == "scipy"
 
+    def draw(self, data, seed=None):
+        """This device's rows of the global batch's Gaussian draw.
+
+        On one device (and on JAX, whose step sees the global batch) the
+        draw of `data`'s shape; on a TensorFlow replica, its rows of the
+        draw for the global batch (see `backend.distribution.draw_rows`).
+        """
+        return distribution.draw_rows(
+            lambda shape: keras.random.normal(shape, dtype=data.dtype, seed=seed),
+            data,
+        )
+
     def assign(self, data, candidates, labels=None):
+        if self.scope == "replica":
+            return distribution.over_replicas(
+                self._assign, data, candidates, labels
+            )
+        return distribution.over_global_batch(
+            self._assign, data, candidates, labels
+        )
+
+    def _assign(self, data, candidates, labels=None):
         cost = assignment_cost(
             data, candidates, metric=self.metric, quantize=self.quantize
         )
@@ -111,4 +168,5 @@ class LinearAssignment(NoiseAssigner):
             "metric": self.metric,
             "quantize": self.quantize,
             "per_class": self.per_class,
+            "scope": self.scope,
         }

@@ -19,6 +19,7 @@ from keras import ops
 from keras_immiscible import assignment as assignment_lib
 from keras_immiscible import samplers as samplers_lib
 from keras_immiscible import schedules as schedules_lib
+from keras_immiscible.backend import distribution
 from keras_immiscible.backend import untie_ema_buffers
 from keras_immiscible.models import generate_progress
 from keras_immiscible.models import input_checks
@@ -114,7 +115,8 @@ class ImmiscibleModel(keras.Model):
         self.loss_type = loss_type
         self.data_dtype = data_dtype
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # Keras' generator, except that tf.distribute replicas draw apart.
+        self.seed_generator = distribution.ReplicaSeedGenerator(seed)
         self.image_shape, self.num_classes_input = input_checks.network_spec(
             network
         )
@@ -445,6 +447,21 @@ class ImmiscibleModel(keras.Model):
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """One training loss on a batch, with assigned noise.
+
+        See `_batch_loss_with_assigned_noise`. Under `tf.distribute` the
+        step runs per replica, and the loss is divided by the replica
+        count, as Keras' own losses are
+        (`keras_immiscible.backend.distribution.scale_loss`).
+        """
+        loss = self._batch_loss_with_assigned_noise(
+            x, y, sample_weight, training
+        )
+        return distribution.scale_loss(loss)
+
+    def _batch_loss_with_assigned_noise(
+        self, x=None, y=None, sample_weight=None, training=True
     ):
         """One training loss on a batch, with assigned noise.
 

@@ -1,0 +1,324 @@
+"""Multi-device scenarios, run in a subprocess by tests/test_multi_device.py.
+
+Usage: `KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=4
+python tests/multi_device_worker.py OUT.npz` (or `KERAS_BACKEND=tensorflow`,
+which splits the CPU into 4 logical devices itself). Writes raw results
+(data, candidate noise, assigned noise, loss histories, op names) to
+OUT.npz; the test computes the references (scipy) and asserts.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+DEVICES = 4
+BATCH = 16
+SEED = 7
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
+
+import keras_immiscible as ki  # noqa: E402
+from keras_immiscible.assignment import linear_assignment  # noqa: E402
+from keras_immiscible.backend import distribution  # noqa: E402
+
+BACKEND = keras.backend.backend()
+DEVICE_LIST = distribution.host_devices(DEVICES)
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    # One strategy per device count for the whole process: TensorFlow's
+    # collective instance keys restart with every new MirroredStrategy.
+    STRATEGIES = {
+        n: tf.distribute.MirroredStrategy(DEVICE_LIST[:n]) for n in (4,)
+    }
+else:
+    import jax
+
+
+SHAPE = (8, 8, 1)
+RESULTS = {}
+COST_DTYPES = []
+
+
+def _recording_cost(*args, **kwargs):
+    cost = _ORIGINAL_COST(*args, **kwargs)
+    COST_DTYPES.append(keras.backend.standardize_dtype(cost.dtype))
+    return cost
+
+
+_ORIGINAL_COST = linear_assignment.assignment_cost
+linear_assignment.assignment_cost = _recording_cost
+
+
+def images():
+    return ki.data.load_digits()[: 2 * BATCH]
+
+
+def tiny_network():
+    noisy = keras.Input(SHAPE)
+    level = keras.Input((1, 1, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same")(noisy)
+    h = h + keras.layers.Dense(4)(level)
+    out = keras.layers.Conv2D(1, 3, padding="same")(keras.ops.relu(h))
+    return keras.Model([noisy, level], out)
+
+
+class FixedTimeFlow(ki.ImmiscibleFlowMatching):
+    """Flow matching at t = 0.3 for every sample (no random timesteps)."""
+
+    def sample_times(self, batch_size):
+        return ops.full((batch_size,), 0.3, "float32")
+
+
+class Place:
+    """Where a run happens: 1 device, or `DEVICES` devices."""
+
+    def __init__(self, devices):
+        self.devices = devices
+
+    def __enter__(self):
+        if BACKEND == "jax":
+            keras.distribution.set_distribution(
+                keras.distribution.DataParallel(
+                    devices=DEVICE_LIST[: self.devices]
+                )
+                if self.devices > 1
+                else None
+            )
+            self._scope = None
+        else:
+            strategy = (
+                STRATEGIES[self.devices]
+                if self.devices > 1
+                else tf.distribute.get_strategy()
+            )
+            self._scope = strategy.scope()
+            self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._scope is not None:
+            self._scope.__exit__(*exc)
+        if BACKEND == "jax":
+            keras.distribution.set_distribution(None)
+
+
+def fit(devices, assignment, cls=ki.ImmiscibleFlowMatching, steps=2,
+        jit_compile="auto", policy="float32"):
+    keras.config.set_dtype_policy(policy)
+    try:
+        with Place(devices):
+            keras.utils.set_random_seed(0)
+            model = cls(tiny_network(), assignment=assignment, seed=0)
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile
+            )
+            history = model.fit(
+                images()[:BATCH], batch_size=BATCH, epochs=steps, verbose=0,
+                shuffle=False,
+            )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return model, np.asarray(history.history["loss"], np.float64)
+
+
+def assign_direct(devices, assigner):
+    """The assigner on the global batch of `images()`, under `devices`.
+
+    Returns (data, candidates, noise) as numpy, the data already in
+    [-1, 1]; inside a compiled function (jax.jit / tf.function under
+    strategy.run), as in a training step.
+    """
+    data = images() * 2.0 - 1.0
+    candidates = keras.ops.convert_to_numpy(
+        keras.random.normal(data.shape, seed=SEED)
+    )
+    with Place(devices):
+        if BACKEND == "jax":
+            if devices > 1:
+                layout = keras.distribution.distribution().get_data_layout(
+                    data.shape
+                )
+                sharded = keras.distribution.distribute_tensor(data, layout)
+            else:
+                sharded = data
+            noise = jax.jit(lambda d: assigner(d, seed=SEED))(sharded)
+            noise = np.asarray(noise)
+        else:
+            strategy = STRATEGIES[devices] if devices > 1 else None
+            if strategy is None:
+                noise = tf.function(lambda d: assigner(d, seed=SEED))(data)
+                noise = noise.numpy()
+            else:
+                dataset = strategy.experimental_distribute_dataset(
+                    tf.data.Dataset.from_tensor_slices(data).batch(len(data))
+                )
+                batch = next(iter(dataset))
+                per_replica = tf.function(
+                    lambda d: strategy.run(
+                        lambda x: assigner(x, seed=SEED), (d,)
+                    )
+                )(batch)
+                noise = np.concatenate(
+                    [
+                        t.numpy()
+                        for t in strategy.experimental_local_results(
+                            per_replica
+                        )
+                    ]
+                )
+    return data, candidates, noise
+
+
+def host_calls_in_step(model, x):
+    """Names of host-callback ops in the model's traced training step."""
+    if BACKEND == "jax":
+        state = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.optimizer.variables],
+            [v.value for v in model.metrics_variables],
+        )
+        jitted = jax.jit(model.train_step)
+        lowered = model._keras_step(jitted.lower, state, (x,))
+        compiled_text = lowered.compile().as_text()
+        jaxpr = str(model._keras_step(jax.make_jaxpr(model.train_step), state, (x,)))
+        names = []
+        if "pure_callback" in jaxpr:
+            names.append("jaxpr:pure_callback")
+        if "callback" in compiled_text:
+            names.append("hlo:callback")
+        return names
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+        # The per-replica step, as Keras runs it (strategy.run).
+        batch = next(iter(strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices(x).batch(BATCH)
+        )))
+        step = tf.function(
+            lambda d: strategy.run(
+                lambda b: model._keras_step(model.train_step, (b,)), (d,)
+            )
+        )
+        return sorted(_tf_py_ops(step.get_concrete_function(batch).graph))
+    spec = tf.TensorSpec((BATCH,) + SHAPE, tf.float32)
+    step = tf.function(lambda d: model._keras_step(model.train_step, (d,)),
+                       jit_compile=bool(model.jit_compile))
+    concrete = step.get_concrete_function(spec)
+    if model.jit_compile:
+        # Compiles the step with XLA (raises if it cannot).
+        step.experimental_get_compiler_ir(tf.constant(x))(stage="hlo")
+    return sorted(_tf_py_ops(concrete.graph))
+
+
+def _tf_py_ops(graph):
+    found = set()
+    for op in graph.get_operations():
+        if "PyFunc" in op.type or "NumpyFunction" in op.type:
+            found.add(op.type)
+    for function in graph._functions.values():
+        for node in function.definition.node_def:
+            if "PyFunc" in node.op:
+                found.add(node.op)
+    return found
+
+
+def main(out):
+    x = images()[:BATCH]
+    # 1. Global scope: 4 devices == 1 device (noise and loss history).
+    for solver in ("scipy", "auction"):
+        assigner = ki.assignment.LinearAssignment(solver=solver)
+        for devices in (1, DEVICES):
+            data, candidates, noise = assign_direct(devices, assigner)
+            RESULTS[f"global_{solver}_{devices}_noise"] = noise
+        RESULTS["data"], RESULTS["candidates"] = data, candidates
+    # 2. Replica scope: per shard.
+    for solver in ("scipy", "auction"):
+        assigner = ki.assignment.LinearAssignment(
+            solver=solver, scope="replica"
+        )
+        _, _, noise = assign_direct(DEVICES, assigner)
+        RESULTS[f"replica_{solver}_noise"] = noise
+    # 3. Loss histories, 1 vs 4 devices, global scope (scipy on the host).
+    cls = ki.ImmiscibleFlowMatching if BACKEND == "jax" else FixedTimeFlow
+    for devices in (1, DEVICES):
+        _, loss = fit(devices, "linear", cls=cls, steps=3)
+        RESULTS[f"loss_global_{devices}"] = loss
+    if BACKEND == "tensorflow":
+        # Random timesteps: drawn per replica on TF (reported, not equal).
+        for devices in (1, DEVICES):
+            _, loss = fit(devices, "linear", steps=3)
+            RESULTS[f"loss_random_t_{devices}"] = loss
+    _, loss = fit(DEVICES, ki.assignment.LinearAssignment(scope="replica"))
+    RESULTS["loss_replica_fit"] = loss
+    # 4. XLA-pure step: auction and KNN, no host callback; scipy as control.
+    #    (TF: XLA on one device; TensorFlow cannot XLA-compile a
+    #    MirroredStrategy step over virtual CPU devices, see the test.)
+    for name, assignment in (
+        ("auction", ki.assignment.LinearAssignment(solver="auction")),
+        ("knn", ki.assignment.KNNSelection(k=4)),
+        ("scipy", ki.assignment.LinearAssignment(solver="scipy")),
+    ):
+        jit = BACKEND == "jax" or name != "scipy"
+        devices = DEVICES if BACKEND == "jax" else 1
+        model, loss = fit(devices, assignment, steps=1, jit_compile=jit)
+        RESULTS[f"xla_{name}_loss"] = loss
+        RESULTS[f"xla_{name}_jit"] = np.asarray(bool(model.jit_compile))
+        with Place(devices):
+            RESULTS[f"xla_{name}_host_ops"] = np.asarray(
+                json.dumps(host_calls_in_step(model, x))
+            )
+        if BACKEND == "tensorflow":
+            # The same step, per replica under MirroredStrategy (no XLA).
+            model, loss = fit(DEVICES, assignment, steps=1, jit_compile=False)
+            RESULTS[f"mirrored_{name}_loss"] = loss
+            with Place(DEVICES):
+                RESULTS[f"mirrored_{name}_host_ops"] = np.asarray(
+                    json.dumps(host_calls_in_step(model, x))
+                )
+    # 5. Mixed precision under distribution: the cost stays float32.
+    policies = ["mixed_bfloat16"]
+    if BACKEND == "tensorflow":
+        policies.append("mixed_float16")
+    for policy in policies:
+        del COST_DTYPES[:]
+        model, loss = fit(DEVICES, "linear", steps=2, policy=policy)
+        RESULTS[f"mixed_{policy}_loss"] = loss
+        RESULTS[f"mixed_{policy}_cost_dtypes"] = np.asarray(
+            json.dumps(sorted(set(COST_DTYPES)))
+        )
+        RESULTS[f"mixed_{policy}_optimizer"] = np.asarray(
+            type(model.optimizer).__name__
+        )
+    # 6. TF: with_assigned_noise feeds a MirroredStrategy fit.
+    if BACKEND == "tensorflow":
+        dataset = ki.data.with_assigned_noise(
+            tf.data.Dataset.from_tensor_slices(images()).batch(BATCH),
+            assignment="linear",
+            seed=3,
+            epochs=2,
+        )
+        with Place(DEVICES):
+            keras.utils.set_random_seed(0)
+            model = ki.ImmiscibleFlowMatching(
+                tiny_network(), assignment=None, seed=0
+            )
+            model.compile(optimizer=keras.optimizers.SGD(0.05))
+            history = model.fit(dataset, epochs=2, verbose=0)
+        RESULTS["pipeline_loss"] = np.asarray(history.history["loss"])
+        RESULTS["pipeline_gain"] = np.asarray(
+            history.history["assignment_gain"]
+        )
+        first = next(iter(dataset))
+        RESULTS["pipeline_images"] = first["images"].numpy()
+        RESULTS["pipeline_noise"] = first["noise"].numpy()
+    np.savez(out, **RESULTS)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
