@@ -10,6 +10,7 @@ OUT.npz; the test computes the references (scipy) and asserts.
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def assign_direct(devices, assigner):
     [-1, 1]; inside a compiled function (jax.jit / tf.function under
     strategy.run), as in a training step.
     """
-    data = images() * 2.0 - 1.0
+    data = images()[:BATCH] * 2.0 - 1.0
     candidates = keras.ops.convert_to_numpy(
         keras.random.normal(data.shape, seed=SEED)
     )
@@ -173,6 +174,23 @@ def assign_direct(devices, assigner):
                     ]
                 )
     return data, candidates, noise
+
+
+def replica_draws():
+    """Each replica's uniform draw from one ReplicaSeedGenerator; a plain one."""
+    strategy = STRATEGIES[DEVICES]
+    with strategy.scope():
+        generator = distribution.ReplicaSeedGenerator(5)
+    per_replica = tf.function(
+        lambda: strategy.run(
+            lambda: keras.random.uniform((3,), seed=generator)
+        )
+    )()
+    draws = np.stack(
+        [t.numpy() for t in strategy.experimental_local_results(per_replica)]
+    )
+    plain = keras.random.uniform((3,), seed=keras.random.SeedGenerator(5))
+    return draws, keras.ops.convert_to_numpy(plain)
 
 
 def host_calls_in_step(model, x):
@@ -228,7 +246,15 @@ def _tf_py_ops(graph):
     return found
 
 
+def _mark(what, _last=[None]):
+    now = time.process_time()
+    if _last[0] is not None:
+        print(f"[worker] {what}: {now - _last[0]:.1f} s CPU", file=sys.stderr)
+    _last[0] = now
+
+
 def main(out):
+    _mark("start")
     x = images()[:BATCH]
     # 1. Global scope: 4 devices == 1 device (noise and loss history).
     for solver in ("scipy", "auction"):
@@ -237,6 +263,7 @@ def main(out):
             data, candidates, noise = assign_direct(devices, assigner)
             RESULTS[f"global_{solver}_{devices}_noise"] = noise
         RESULTS["data"], RESULTS["candidates"] = data, candidates
+    _mark('global assign')
     # 2. Replica scope: per shard.
     for solver in ("scipy", "auction"):
         assigner = ki.assignment.LinearAssignment(
@@ -244,43 +271,56 @@ def main(out):
         )
         _, _, noise = assign_direct(DEVICES, assigner)
         RESULTS[f"replica_{solver}_noise"] = noise
+    _mark('replica assign')
     # 3. Loss histories, 1 vs 4 devices, global scope (scipy on the host).
     cls = ki.ImmiscibleFlowMatching if BACKEND == "jax" else FixedTimeFlow
     for devices in (1, DEVICES):
         _, loss = fit(devices, "linear", cls=cls, steps=3)
         RESULTS[f"loss_global_{devices}"] = loss
+    _mark('global fits')
     if BACKEND == "tensorflow":
-        # Random timesteps: drawn per replica on TF (reported, not equal).
-        for devices in (1, DEVICES):
-            _, loss = fit(devices, "linear", steps=3)
-            RESULTS[f"loss_random_t_{devices}"] = loss
+        # Random timesteps, 4 replicas (the float32 reference of 5.), and
+        # the replicas' own draws of the model's seed generator.
+        _, loss = fit(DEVICES, "linear", steps=2)
+        RESULTS["loss_random_t_4"] = loss
+        RESULTS["replica_draws"], RESULTS["plain_draw"] = replica_draws()
+    _mark('random t')
     _, loss = fit(DEVICES, ki.assignment.LinearAssignment(scope="replica"))
     RESULTS["loss_replica_fit"] = loss
+    _mark('replica fit')
     # 4. XLA-pure step: auction and KNN, no host callback; scipy as control.
-    #    (TF: XLA on one device; TensorFlow cannot XLA-compile a
-    #    MirroredStrategy step over virtual CPU devices, see the test.)
-    for name, assignment in (
+    #    One fit with the auction; the other assigners' steps are traced
+    #    (and compiled with XLA) on the same model. TF: XLA on one device
+    #    (TensorFlow cannot XLA-compile a MirroredStrategy step over
+    #    virtual CPU devices, see the test), and the per-replica step
+    #    under MirroredStrategy, traced.
+    assigners = (
         ("auction", ki.assignment.LinearAssignment(solver="auction")),
         ("knn", ki.assignment.KNNSelection(k=4)),
         ("scipy", ki.assignment.LinearAssignment(solver="scipy")),
-    ):
-        jit = BACKEND == "jax" or name != "scipy"
-        devices = DEVICES if BACKEND == "jax" else 1
-        model, loss = fit(devices, assignment, steps=1, jit_compile=jit)
-        RESULTS[f"xla_{name}_loss"] = loss
-        RESULTS[f"xla_{name}_jit"] = np.asarray(bool(model.jit_compile))
+    )
+    devices = DEVICES if BACKEND == "jax" else 1
+    model, loss = fit(devices, assigners[0][1], steps=1, jit_compile=True)
+    RESULTS["xla_auction_loss"] = loss
+    if BACKEND == "tensorflow":
+        mirrored, loss = fit(DEVICES, assigners[0][1], steps=1)
+        RESULTS["mirrored_auction_loss"] = loss
+    for name, assigner in assigners:
+        model.assigner = assigner
+        jit = BACKEND == "jax" or not assigner.on_host
+        model.jit_compile = jit
+        RESULTS[f"xla_{name}_jit"] = np.asarray(jit)
         with Place(devices):
             RESULTS[f"xla_{name}_host_ops"] = np.asarray(
                 json.dumps(host_calls_in_step(model, x))
             )
         if BACKEND == "tensorflow":
-            # The same step, per replica under MirroredStrategy (no XLA).
-            model, loss = fit(DEVICES, assignment, steps=1, jit_compile=False)
-            RESULTS[f"mirrored_{name}_loss"] = loss
+            mirrored.assigner = assigner
             with Place(DEVICES):
                 RESULTS[f"mirrored_{name}_host_ops"] = np.asarray(
-                    json.dumps(host_calls_in_step(model, x))
+                    json.dumps(host_calls_in_step(mirrored, x))
                 )
+    _mark('xla')
     # 5. Mixed precision under distribution: the cost stays float32.
     policies = ["mixed_bfloat16"]
     if BACKEND == "tensorflow":
@@ -295,6 +335,7 @@ def main(out):
         RESULTS[f"mixed_{policy}_optimizer"] = np.asarray(
             type(model.optimizer).__name__
         )
+    _mark('mixed')
     # 6. TF: with_assigned_noise feeds a MirroredStrategy fit.
     if BACKEND == "tensorflow":
         dataset = ki.data.with_assigned_noise(
@@ -317,6 +358,7 @@ def main(out):
         first = next(iter(dataset))
         RESULTS["pipeline_images"] = first["images"].numpy()
         RESULTS["pipeline_noise"] = first["noise"].numpy()
+    _mark('pipeline')
     np.savez(out, **RESULTS)
 
 

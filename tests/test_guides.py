@@ -39,6 +39,7 @@ GUIDE_BACKENDS = {
     "immiscible_ddim_oxford_flowers": "tensorflow",
     "choosing_an_assigner": "torch",
     "writing_your_own_assigner": "jax",
+    "going_multi_device": "jax",
 }
 
 RUN_ALL = os.environ.get("KI_TEST_ALL_GUIDES") == "1"
@@ -422,7 +423,26 @@ def check_own_assigner(stdout, outputs):
     assert '"registered_name": "my_assigners>GreedyAssignment"' in config
 
 
+def check_multi_device(stdout, outputs):
+    assert re.search(r"^backend jax devices 4$", stdout, re.MULTILINE)
+    # JAX: 4 devices with the global scope train exactly as 1 device.
+    (diff,) = floats(r"^max loss difference 1 vs 4 devices (\S+)$", stdout, 1)[0]
+    assert diff < 1e-4, diff
+    (one,) = floats(r"^1 device final loss (\S+)$", stdout, 1)[0]
+    (four,) = floats(r"^4 devices final loss (\S+)$", stdout, 1)[0]
+    assert abs(one - four) < 1e-4 and 0.0 < one < 10.0
+    # Same data and noise draws: the shards' optima pair the noise less
+    # closely than the global optimum.
+    (glob,) = floats(r"^global scope assignment_gain (\S+)$", stdout, 1)[0]
+    (repl,) = floats(r"^replica scope assignment_gain (\S+)$", stdout, 1)[0]
+    assert 0.0 < repl <= glob + 1e-3, (glob, repl)
+    (auction,) = floats(r"^auction on 4 devices final loss (\S+)$", stdout, 1)[0]
+    assert 0.0 < auction < 10.0
+    assert re.search(r"^jit_compile True$", stdout, re.MULTILINE)
+
+
 CHECKS = {
+    "going_multi_device": check_multi_device,
     "immiscible_diffusion_in_5_minutes": check_five_minutes,
     "immiscible_ddim_oxford_flowers": check_flowers,
     "choosing_an_assigner": check_assigners,

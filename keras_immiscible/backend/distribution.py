@@ -36,6 +36,7 @@ Two TensorFlow details matter for assigned noise:
 
 import contextlib
 import threading
+import warnings
 
 import keras
 
@@ -299,6 +300,32 @@ def _gather(context, tensor):
     return gathered
 
 
+_WARNED_TORCH = []
+
+
+def _warn_if_torch_processes():
+    """Says once that torch processes assign their own batches."""
+    if _backend() != "torch" or _WARNED_TORCH:
+        return
+    import torch.distributed
+
+    if not (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
+        return
+    _WARNED_TORCH.append(True)
+    warnings.warn(
+        "scope='global': on the torch backend Keras has no distribution "
+        "engine, and keras-immiscible does not gather across "
+        "torch.distributed processes: each of the "
+        f"{torch.distributed.get_world_size()} processes assigns its own "
+        "batch (as scope='replica' would).",
+        stacklevel=4,
+    )
+
+
 def over_global_batch(fn, *args):
     """Runs `fn(*args)` once over the global batch; returns this device's rows.
 
@@ -320,6 +347,7 @@ def over_global_batch(fn, *args):
     """
     context = _tf_replica_context()
     if context is None:
+        _warn_if_torch_processes()
         return fn(*args)
     import tensorflow as tf
 
