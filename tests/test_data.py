@@ -647,7 +647,9 @@ def test_import_without_tensorflow():
         text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    errors = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]
+    errors = [
+        line for line in result.stdout.splitlines() if line.startswith("ERROR:")
+    ]
     assert len(errors) == 2
     assert "keras-immiscible[tfds" in errors[0]
     assert "tensorflow" in errors[1]

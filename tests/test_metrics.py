@@ -15,9 +15,9 @@ import pytest
 import scipy.linalg
 from sklearn.metrics.pairwise import polynomial_kernel as sk_polynomial_kernel
 
+import keras_immiscible.metrics.digits_classifier as digits_module
 from keras_immiscible import metrics
 from keras_immiscible.data import load_digits
-import keras_immiscible.metrics.digits_classifier as digits_module
 
 
 def identity(x):

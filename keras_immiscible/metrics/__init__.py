@@ -15,8 +15,8 @@
 """
 
 from keras_immiscible.metrics.digits_classifier import DigitsFeatureExtractor
-from keras_immiscible.metrics.digits_classifier import load_digits_classifier
 from keras_immiscible.metrics.digits_classifier import digits_feature_extractor
+from keras_immiscible.metrics.digits_classifier import load_digits_classifier
 from keras_immiscible.metrics.evaluate import evaluate_generator
 from keras_immiscible.metrics.evaluate import get
 from keras_immiscible.metrics.feature_extractors import CallableFeatureExtractor

@@ -6,7 +6,6 @@ are encoded by `keras.utils.save_img`, which needs Pillow
 (`pip install pillow`).
 """
 
-import io
 import math
 import os
 
@@ -95,14 +94,6 @@ def make_image_grid(images, num_rows=None, padding=1, pad_value=0, scale=1):
     return grid
 
 
-def encode_png(image):
-    """PNG bytes of one (H, W, C) uint8 image (C in {1, 3, 4}), by
-    `keras.utils.save_img` (Pillow)."""
-    buffer = io.BytesIO()
-    _save_png(buffer, image)
-    return buffer.getvalue()
-
-
 def write_png(path, image):
     """Writes one (H, W, C) uint8 image (C in {1, 3, 4}) as a PNG file.
 
@@ -129,7 +120,10 @@ def write_png(path, image):
     )
     try:
         with open(temporary, "wb") as f:
-            _save_png(f, image)
+            keras.utils.save_img(
+                f, image, data_format="channels_last", file_format="png",
+                scale=False,
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -152,13 +146,6 @@ def _check_png_image(image):
     if image.dtype != np.uint8:
         raise TypeError(f"`image` must be uint8, got dtype {image.dtype}.")
     return image
-
-
-def _save_png(file, image):
-    keras.utils.save_img(
-        file, _check_png_image(image), data_format="channels_last",
-        file_format="png", scale=False,
-    )
 
 
 def save_image_grid(images, path, num_rows=None, padding=1, pad_value=0, scale=1):
