@@ -147,10 +147,10 @@ def from_directory(
 
     The files are listed, decoded, cropped and resized by
     `keras.utils.image_dataset_from_directory` (PNG, JPEG, BMP and GIF files,
-    first frame; other files are ignored): each image is read as RGB,
-    cropped to the largest centered box with the aspect ratio of
-    `image_size` (`crop_to_aspect_ratio`, unless `crop=None`) and resized
-    with `interpolation`. On top of that, this function adds what the
+    first frame; other files are ignored, hidden ones are not): each image
+    is read as RGB, cropped to the largest centered box with the aspect
+    ratio of `image_size` (`crop_to_aspect_ratio`, unless `crop=None`) and
+    resized with `interpolation`. On top of that, this function adds what the
     library's pipelines share (see `keras_immiscible.data.pipeline`): uint8
     images up to the cache, a shuffle buffer reshuffled every epoch after
     the cache, horizontal flips, float32 output in [0, 1], and the checks
