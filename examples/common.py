@@ -171,6 +171,8 @@ def _check(args, parser):
         bad("dropout", "in [0, 1)")
     if hasattr(args, "widths") and (not args.widths or min(args.widths) < 1):
         bad("widths", "positive integers")
+    if args.quick and args.image_size not in (8, 16, 32):
+        bad("image_size", "8, 16 or 32 with --quick (the digits, upsampled)")
 
 
 def select_backend(backend):

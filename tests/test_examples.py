@@ -8,10 +8,11 @@ finite values, the assignment gain of the chosen assigner), the PNG grids
 (decoded, of the expected size), and the saved model, reloaded here, which
 must regenerate the final grid's images. `--resume` is checked on a copy of
 a run: the optimizer's step counter (and the consistency model's curriculum
-counter) carry on from the backup, and a resumed digits run ends bit for bit
-where the run that never stopped ends. `train_digits.py` (the
-README's main job) runs once per family: flow matching, its default, and
-DDIM.
+counter) carry on from `ki.callbacks.BackupAndRestore`'s backup, and a
+resumed digits run ends bit for bit where the run that never stopped ends.
+`train_digits.py` (the README's main job) runs once per family: flow
+matching, its default, and DDIM. The real-data path of the tensorflow-datasets
+examples runs on `tfds.testing.mock_data`.
 """
 
 import csv
@@ -40,6 +41,7 @@ QUICK_STEPS = 4
 QUICK_EVAL_EVERY = 2
 # The README's main job's length (under 3 minutes on 2 CPU cores).
 DIGITS_STEPS = 1200
+DIGITS_EVAL_EVERY = 400
 GRID_IMAGES = 16
 COLUMNS = {
     "epoch",
@@ -62,6 +64,8 @@ CASES = {
         "channels": 1,
         "sampling_steps": 5,
         "model": "ImmiscibleFlowMatching",
+        # The library's AdamW: an EMA with warm-up.
+        "optimizer": ("keras_immiscible>AdamW", {"ema_warmup": 10.0}),
     },
     "train_digits_ddim": {
         "script": "train_digits",
@@ -80,6 +84,9 @@ CASES = {
         "image_size": 16,
         "channels": 3,
         "sampling_steps": 5,
+        "model": "ImmiscibleDiffusion",
+        # The keras.io example's AdamW (weight decay 1e-4), Keras' EMA.
+        "optimizer": ("keras>AdamW", {"weight_decay": 1e-4}),
     },
     "flow_matching_cifar10": {
         "backend": "jax",
@@ -88,6 +95,9 @@ CASES = {
         "image_size": 16,
         "channels": 3,
         "sampling_steps": 5,
+        "model": "ImmiscibleFlowMatching",
+        # Adam with gradient clipping 1.0 (paper 2's code).
+        "optimizer": ("keras>Adam", {"global_clipnorm": 1.0}),
     },
     "ddim_cifar10": {
         "backend": "torch",
@@ -96,6 +106,8 @@ CASES = {
         "image_size": 16,
         "channels": 3,
         "sampling_steps": 5,
+        "model": "ImmiscibleDiffusion",
+        "optimizer": ("keras>Adam", {"global_clipnorm": 1.0}),
     },
     "consistency_cifar10": {
         "backend": "torch",
@@ -104,6 +116,9 @@ CASES = {
         "image_size": 16,
         "channels": 3,
         "sampling_steps": 1,
+        "model": "ImmiscibleConsistency",
+        # The CT config: no clipping.
+        "optimizer": ("keras>Adam", {"global_clipnorm": None}),
     },
 }
 HERE = sorted(
@@ -253,21 +268,22 @@ def test_example_quick_run(name, quick_runs):
         difference.max(),
     )
 
-    if "model" in case:
-        assert type(model).__name__ == case["model"]
+    assert type(model).__name__ == case["model"]
 
-    # The checkpoint for --resume holds the optimizer at the last step.
+    # The checkpoint holds the optimizer at the last step, with its EMA.
     checkpoint = keras.models.load_model(output / "checkpoints" / "last.keras")
-    assert int(keras.ops.convert_to_numpy(checkpoint.optimizer.iterations)) == (
+    optimizer = checkpoint.optimizer
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == (
         QUICK_STEPS
     )
-    if script(name) == "train_digits":
-        # The library's AdamW: an EMA with warm-up.
-        import keras_immiscible as ki
-
-        optimizer = checkpoint.optimizer
-        assert isinstance(optimizer, ki.optimizers.AdamW)
-        assert optimizer.use_ema and optimizer.ema_warmup == 10.0
+    registered, expected = case["optimizer"]
+    package = type(optimizer).__module__.split(".")[0]
+    assert f"{package}>{type(optimizer).__name__}" == registered
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.9  # --quick
+    for name, value in expected.items():
+        assert getattr(optimizer, name) == pytest.approx(value), name
+    if "ema_warmup" not in expected:
+        assert getattr(optimizer, "ema_warmup", None) is None
 
 
 def check_resume_continues_from_saved_step(quick_runs, tmp_path):
@@ -284,7 +300,6 @@ def check_resume_continues_from_saved_step(quick_runs, tmp_path):
     model = result["model"]
     assert result["initial_step"] == QUICK_STEPS
     # The optimizer's counter carried on: 4 saved + 2 new updates.
-    assert result["steps"] == more
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == more
     # So did the consistency curriculum's own step counter.
     assert int(keras.ops.convert_to_numpy(model.training_steps)) == more
@@ -311,18 +326,23 @@ def check_digits_resume(name, quick_runs, tmp_path):
     flags = ["--quick", "--resume", "--output", str(output)]
     flags += CASES[name]["flags"]
     other = "flow" if "ddim" in CASES[name]["flags"] else "ddim"
-    with pytest.raises(ValueError, match=f"--family {other} trains"):
+    written_by = CASES[name]["model"]
+    with pytest.raises(ValueError, match=f"written by a {written_by}, but"):
         example.main([*flags, "--family", other])
-    # A damaged (truncated) checkpoint: an error that says so and names it.
+    # A damaged (truncated) backup: an error that names the file.
     damaged = tmp_path / "damaged"
     shutil.copytree(first, damaged)
-    truncated = damaged / "checkpoints" / "last.keras"
+    (truncated,) = (damaged / "backup").glob("*.weights.h5")
     truncated.write_bytes(truncated.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"last\.keras' is damaged"):
+    with pytest.raises(OSError, match="Could not load the backup"):
         example.main(
             ["--quick", "--resume", "--output", str(damaged),
              *CASES[name]["flags"]]
         )
+    # --resume without a backup says so.
+    with pytest.raises(FileNotFoundError, match="no backup"):
+        example.main(["--quick", "--resume", "--output",
+                      str(tmp_path / "empty"), *CASES[name]["flags"]])
 
     # Resumed and uninterrupted, both as subprocesses (same threads, same
     # process state).
@@ -357,10 +377,12 @@ def check_digits_resume(name, quick_runs, tmp_path):
 
 
 def test_example_defaults_are_the_papers():
-    """The default configuration of each example (no flags)."""
-    ddim = load_example("ddim_cifar10").parse_args([])
-    assert (ddim.dataset, ddim.batch_size, ddim.assignment) == (
-        "cifar10",
+    """The default configuration of each example (no flags), against the
+    papers' and codes' values, and the sources named in the tables."""
+    ddim_module = load_example("ddim_cifar10")
+    ddim = ddim_module.parse_args([])
+    assert (ddim.image_size, ddim.batch_size, ddim.assignment) == (
+        32,
         256,
         "linear",
     )
@@ -371,8 +393,12 @@ def test_example_defaults_are_the_papers():
     )
     assert ddim.widths == (128, 256, 256, 256) and ddim.attention == (16,)
     assert (ddim.solver, ddim.distance, ddim.quantize) == ("scipy", "l2", True)
+    assert ddim.steps == 2040 * (50_000 // 256)  # ddpm-torch's 2040 epochs
+    assert "ddpm-torch" in ddim_module.CONFIG["learning_rate"].source
+    assert "2406.12303" in ddim_module.CONFIG["batch_size"].source
 
-    flow = load_example("flow_matching_cifar10").parse_args([])
+    flow_module = load_example("flow_matching_cifar10")
+    flow = flow_module.parse_args([])
     assert (flow.assignment, flow.k, flow.batch_size, flow.steps) == (
         "knn",
         4,
@@ -380,26 +406,36 @@ def test_example_defaults_are_the_papers():
         400_000,
     )
     assert (flow.sampler, flow.sampling_steps) == ("euler", 50)
+    assert (flow.num_heads, flow.grad_clip, flow.warmup_steps) == (4, 1.0, 5000)
+    assert "train_otcfm.sh" in flow_module.CONFIG["steps"].source
 
-    consistency = load_example("consistency_cifar10").parse_args([])
+    consistency_module = load_example("consistency_cifar10")
+    consistency = consistency_module.parse_args([])
     assert (consistency.batch_size, consistency.assignment) == (512, "linear")
     assert consistency.sampling_steps == 1
-
-    flowers = load_example("ddim_oxford_flowers").parse_args([])
-    assert (flowers.dataset, flowers.image_size, flowers.batch_size) == (
-        "oxford_flowers",
-        64,
-        64,
+    assert (consistency.steps, consistency.loss) == (800_000, "pseudo_huber")
+    # 10M images of warm-up at batch 512.
+    assert consistency.warmup_steps == 10_000_000 // 512
+    assert "consistency_models_cifar10" in (
+        consistency_module.CONFIG["steps"].source
     )
+
+    flowers_module = load_example("ddim_oxford_flowers")
+    flowers = flowers_module.parse_args([])
+    assert (flowers.image_size, flowers.batch_size) == (64, 64)
     assert flowers.widths == (32, 64, 96, 128) and flowers.block_depth == 2
     assert (
-        flowers.optimizer,
         flowers.learning_rate,
         flowers.weight_decay,
         flowers.ema,
         flowers.loss,
-    ) == ("adamw", 1e-3, 1e-4, 0.999, "mae")
+    ) == (1e-3, 1e-4, 0.999, "mae")
+    assert (flowers.sampling_steps, flowers.eval_sampling_steps) == (20, 5)
     assert flowers.steps == 50 * 510 and flowers.eval_every == 510
+    assert all(
+        "keras.io" in flowers_module.CONFIG[key].source
+        for key in ("image_size", "widths", "ema", "loss", "steps")
+    )
 
     # The README's main job: `python examples/train_digits.py`, no flags:
     # flow matching + linear assignment at 16x16, few sampling steps
@@ -412,16 +448,15 @@ def test_example_defaults_are_the_papers():
         "linear",
     )
     assert (digits.widths, digits.block_depth) == ((16, 32), 1)
-    assert (digits.sampling_steps, digits.eval_sampling_steps) == (10, 10)
-    assert (digits.steps, digits.eval_every) == (DIGITS_STEPS, 300)
+    assert digits.sampling_steps == 10
+    assert (digits.steps, digits.eval_every) == (DIGITS_STEPS, DIGITS_EVAL_EVERY)
     assert (digits.batch_size, digits.seed) == (128, 0)
     assert digits.output == os.path.join("outputs", "digits")
-    assert (
-        digits.optimizer,
-        digits.learning_rate,
-        digits.ema,
-        digits.ema_warmup,
-    ) == ("adamw", 1e-3, 0.99, 10.0)
+    assert (digits.learning_rate, digits.ema, digits.ema_warmup) == (
+        1e-3,
+        0.99,
+        10.0,
+    )
     assert "convergence_regime.md" in train_digits.__doc__
     for key in ("family", "image_size", "assignment", "sampling_steps"):
         assert "convergence_regime.md" in train_digits.CONFIG[key].source
@@ -433,44 +468,39 @@ def test_example_defaults_are_the_papers():
         "linear",
     )
     assert (quick.steps, quick.eval_every) == (QUICK_STEPS, QUICK_EVAL_EVERY)
+    assert quick.output == os.path.join("outputs", "digits_quick")
     ddim = train_digits.parse_args(["--family", "ddim", "--image-size", "8"])
     assert (ddim.family, ddim.image_size) == ("ddim", 8)
-    for bad in (["--family", "consistency"], ["--ema-warmup", "0.5"]):
+    assert train_digits.parse_args(["--ema-warmup", "0"]).ema_warmup == 0
+    for bad in (
+        ["--family", "consistency"],
+        ["--ema-warmup", "0.5"],
+        ["--image-size", "12"],
+        ["--data-dir", "x"],  # no tensorflow-datasets data here
+    ):
         with pytest.raises(SystemExit):
             train_digits.parse_args(bad)
 
 
-def test_make_optimizer_ema_warmup():
-    """`adamw` is the library's AdamW; its EMA warms up only where the
-    example's configuration has `--ema-warmup`."""
-    import keras_immiscible as ki
-
-    common = load_example("common")
-    digits = common.make_optimizer(load_example("train_digits").parse_args([]))
-    assert isinstance(digits, ki.optimizers.AdamW)
-    assert (digits.use_ema, digits.ema_momentum, digits.ema_warmup) == (
-        True,
-        0.99,
-        10.0,
-    )
-    no_warmup = load_example("train_digits").parse_args(["--ema-warmup", "0"])
-    assert common.make_optimizer(no_warmup).ema_warmup is None
-    flowers = common.make_optimizer(
-        load_example("ddim_oxford_flowers").parse_args([])
-    )
-    assert isinstance(flowers, ki.optimizers.AdamW)
-    assert flowers.ema_warmup is None  # Keras' constant momentum, as before
+def test_help_names_the_sources(capsys):
+    """`--help` shows every default with its source and --quick value."""
+    with pytest.raises(SystemExit):
+        load_example("ddim_cifar10").parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: 256 (paper 1, Li et al. 2024, arXiv 2406.12303)" in text
+    assert "--quick: 32" in text
+    assert "default: 128,256,256,256 (tqch/ddpm-torch" in text
 
 
 def test_quick_flags_and_explicit_flags():
     module = load_example("ddim_cifar10")
     quick = module.parse_args(["--quick"])
     assert (
-        quick.dataset,
+        quick.image_size,
         quick.steps,
         quick.eval_every,
         quick.grid_images,
-    ) == ("digits", QUICK_STEPS, QUICK_EVAL_EVERY, GRID_IMAGES)
+    ) == (16, QUICK_STEPS, QUICK_EVAL_EVERY, GRID_IMAGES)
     assert quick.output == os.path.join("outputs", "ddim_cifar10_quick")
     # An explicit flag wins over both the paper and the quick value.
     mixed = module.parse_args(["--quick", "--batch-size", "8", "--no-quantize"])
@@ -478,68 +508,99 @@ def test_quick_flags_and_explicit_flags():
     assert module.parse_args(
         ["--widths", "8,16", "--attention", ""]
     ).widths == (8, 16)
+    assert module.parse_args(["--attention", ""]).attention == ()
     for bad in (
-        ["--quick", "--image-size", "12"],  # digits stand-in: multiple of 8
+        ["--quick", "--image-size", "12"],  # the digits stand-in: 8, 16, 32
         ["--steps", "0"],
         ["--ema", "1.0"],
         ["--assignment", "hungarian"],
-        ["--dataset", "mnist"],
+        ["--widths", "0,8"],
+        ["--learning-rate", "0"],
     ):
         with pytest.raises(SystemExit):
             module.parse_args(bad)
 
 
-def check_real_run_without_data_fails_at_once(tmp_path, capsys):
+def test_digits_features_map_upsampled_digits_back():
+    """The stand-in's KID/FID features of the digits upsampled to 16x16 or
+    32x32 (grey or 3 channels) are the digits classifier's features of the
+    8x8 digits themselves."""
+    import keras_immiscible as ki
+
+    common = load_example("common")
+    digits = ki.data.load_digits()[:40]
+    reference = ki.metrics.digits_feature_extractor()(digits)
+    for size in (16, 32):
+        upsampled = ki.data.load_digits(image_size=size)[:40]
+        for images in (upsampled, np.repeat(upsampled, 3, axis=-1)):
+            features = common.digits_features(size)(images)
+            np.testing.assert_allclose(features, reference, rtol=1e-5,
+                                       atol=1e-5)
+
+
+def check_real_run_without_data_fails_at_once(tmp_path):
     from keras_immiscible.data import DatasetNotPreparedError
 
     example = load_example("ddim_cifar10")
     with pytest.raises(DatasetNotPreparedError, match="tfds build cifar10"):
         example.main(
             [
-                "--dataset",
-                "cifar10",
                 "--data-dir",
                 str(tmp_path / "empty"),
                 "--output",
                 str(tmp_path / "out"),
             ]
         )
-    assert "--quick" in capsys.readouterr().err
     # Nothing was trained or written.
     assert not os.path.exists(tmp_path / "out" / "log.csv")
 
 
-def check_tfds_data_under_mock_data():
+# The real-data path at its smallest: 2 steps of batch 4 at 16x16, KID/FID
+# of 4 generated against 6 real images.
+TINY_REAL_RUN = [
+    "--image-size", "16", "--batch-size", "4", "--steps", "2",
+    "--eval-every", "2", "--widths", "8,16", "--block-depth", "1",
+    "--eval-images", "4", "--eval-real-images", "6", "--grid-images", "4",
+    "--sampling-steps", "2", "--inception-weights", "none",
+]
+
+
+def check_tfds_data_under_mock_data(tmp_path, monkeypatch):
+    """The real runs' data path (the tensorflow-datasets loaders) on tfds'
+    mock data: the examples train, evaluate and save. Inception-V3 (tested
+    in test_metrics.py, minutes on a CPU at 299x299) is replaced by the
+    images' mean colour, after checking what the example asks for."""
     import tensorflow_datasets as tfds
 
-    common = load_example("common")
-    for name, example in (
-        ("cifar10", "ddim_cifar10"),
-        ("oxford_flowers", "ddim_oxford_flowers"),
+    import keras_immiscible as ki
+
+    asked = []
+
+    class MeanColour(ki.metrics.CallableFeatureExtractor):
+        def __init__(self, weights="imagenet"):
+            asked.append(weights)
+            super().__init__(lambda x: np.asarray(x, "float32").mean((1, 2)))
+            self.model = None  # what the example builds up front
+
+    monkeypatch.setattr(ki.metrics, "InceptionFeatureExtractor", MeanColour)
+    for name, extra in (
+        ("ddim_cifar10", ["--attention", "", "--warmup-steps", "0"]),
+        ("ddim_oxford_flowers", ["--eval-sampling-steps", "2"]),
     ):
-        args = load_example(example).parse_args(
-            [
-                "--dataset",
-                name,
-                "--image-size",
-                "16",
-                "--batch-size",
-                "4",
-                "--eval-real-images",
-                "6",
-            ]
-        )
+        output = tmp_path / name
         with tfds.testing.mock_data(num_examples=10):
-            train, real, shape = common.load_data(args, 3, seed=0)
-            batches = list(train.take(4).as_numpy_iterator())
-            reference = next(iter(real.as_numpy_iterator()))
-        assert shape == (16, 16, 3)
-        # Repeated: more batches than the 10 mock images hold.
-        assert [b.shape for b in batches] == [(4, 16, 16, 3)] * 4
-        assert all(b.dtype == np.float32 for b in batches)
-        assert 0.0 <= min(b.min() for b in batches)
-        assert max(b.max() for b in batches) <= 1.0
-        assert reference.shape[1:] == (16, 16, 3)
+            result = load_example(name).main(
+                [*TINY_REAL_RUN, *extra, "--output", str(output)]
+            )
+        model = result["model"]
+        assert tuple(model.image_shape) == (16, 16, 3)
+        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
+        columns, rows = read_log(output / "log.csv")
+        assert COLUMNS <= set(columns) and len(rows) == 1
+        assert math.isfinite(rows[0]["val_fid"]) and rows[0]["val_fid"] >= 0
+        assert 0.0 < rows[0]["assignment_gain"] < 0.5
+        grid_tiles(output / "samples.png", 4, 16, 3, 2)
+    assert asked == [None, None]  # --inception-weights none
 
 
 # Checks that need one backend run once per CI run (which runs this file
