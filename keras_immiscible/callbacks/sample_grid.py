@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_immiscible.callbacks.ema import ema_weights
 from keras_immiscible.metrics.evaluate import _takes_verbose
+from keras_immiscible.utils.arguments import check_positive_int
 from keras_immiscible.utils.images import make_image_grid
 from keras_immiscible.utils.images import write_png
 
@@ -173,9 +174,8 @@ class SampleGrid(keras.callbacks.Callback):
                 "`path_pattern` may only use the `{epoch}` field, got "
                 f"{path_pattern!r} ({e})."
             ) from e
-        for arg, value in (("every_n_epochs", every_n_epochs), ("num_images", num_images)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
+        every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
+        num_images = check_positive_int(num_images, "num_images")
         generate_kwargs = dict(generate_kwargs or {})
         clashes = sorted(set(generate_kwargs) & set(_OWN_ARGUMENTS))
         if clashes:

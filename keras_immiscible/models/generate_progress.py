@@ -4,16 +4,14 @@ import time
 
 import keras
 
+from keras_immiscible.utils.arguments import check_choice
+
 VERBOSE = ("auto", 0, 1)
 
 
 def check_verbose(verbose):
     """`verbose` of `generate`: "auto", 0 or 1."""
-    if isinstance(verbose, bool) or verbose not in VERBOSE:
-        raise ValueError(
-            f"`verbose` must be 'auto', 0 or 1, got {verbose!r}."
-        )
-    return verbose
+    return check_choice(verbose, "verbose", VERBOSE)
 
 
 class GenerateProgress:

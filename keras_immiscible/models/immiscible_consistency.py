@@ -1,6 +1,5 @@
 """`ImmiscibleConsistency`: improved consistency training, assigned noise."""
 
-import math
 import sys
 import warnings
 
@@ -11,30 +10,8 @@ from keras import ops
 from keras_immiscible.models.immiscible_model import ImmiscibleModel
 from keras_immiscible.samplers.consistency import ConsistencySampler
 from keras_immiscible.schedules import consistency as cm
-
-
-def _check_number(name, value, minimum=None, exclusive=True):
-    if isinstance(value, bool) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite, got {value}.")
-    if minimum is not None and (
-        value <= minimum if exclusive else value < minimum
-    ):
-        bound = ">" if exclusive else ">="
-        raise ValueError(f"`{name}` must be {bound} {minimum}, got {value}.")
-    return value
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
-    return int(value)
+from keras_immiscible.utils.arguments import check_int
+from keras_immiscible.utils.arguments import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -154,21 +131,25 @@ class ImmiscibleConsistency(ImmiscibleModel):
         seed=None,
         **kwargs,
     ):
-        self.total_training_steps = _check_int(
-            "total_training_steps", total_training_steps, 1
+        self.total_training_steps = check_int(
+            total_training_steps, "total_training_steps", minimum=1
         )
-        self.sigma_min = _check_number("sigma_min", sigma_min, 0.0)
-        self.sigma_max = _check_number("sigma_max", sigma_max, self.sigma_min)
-        self.sigma_data = _check_number("sigma_data", sigma_data, 0.0)
-        self.rho = _check_number("rho", rho, 0.0)
-        self.initial_levels = _check_int("initial_levels", initial_levels, 1)
-        self.final_levels = _check_int(
-            "final_levels", final_levels, self.initial_levels
+        self.sigma_min = check_number(sigma_min, "sigma_min", low=0, low_open=True)
+        self.sigma_max = check_number(
+            sigma_max, "sigma_max", low=self.sigma_min, low_open=True
         )
-        self.p_mean = _check_number("p_mean", p_mean)
-        self.p_std = _check_number("p_std", p_std, 0.0)
+        self.sigma_data = check_number(
+            sigma_data, "sigma_data", low=0, low_open=True
+        )
+        self.rho = check_number(rho, "rho", low=0, low_open=True)
+        self.initial_levels = check_int(initial_levels, "initial_levels", minimum=1)
+        self.final_levels = check_int(
+            final_levels, "final_levels", minimum=self.initial_levels
+        )
+        self.p_mean = check_number(p_mean, "p_mean")
+        self.p_std = check_number(p_std, "p_std", low=0, low_open=True)
         if huber_c is not None:
-            huber_c = _check_number("huber_c", huber_c, 0.0)
+            huber_c = check_number(huber_c, "huber_c", low=0, low_open=True)
         sampler = self._get_sampler(sampler)
         super().__init__(
             network,

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_immiscible.models.immiscible_diffusion import ImmiscibleDiffusion
 from keras_immiscible.schedules import LinearInterpolation
+from keras_immiscible.utils.arguments import check_number
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -77,15 +78,8 @@ class ImmiscibleFlowMatching(ImmiscibleDiffusion):
                 f"`time_sampling` must be one of {TIME_SAMPLINGS}, got "
                 f"{time_sampling!r}."
             )
-        try:
-            logit_mean, logit_std = float(logit_mean), float(logit_std)
-        except (TypeError, ValueError):
-            raise TypeError(
-                "`logit_mean` and `logit_std` must be numbers, got "
-                f"{logit_mean!r} and {logit_std!r}."
-            ) from None
-        if not logit_std > 0.0:
-            raise ValueError(f"`logit_std` must be > 0, got {logit_std}.")
+        logit_mean = check_number(logit_mean, "logit_mean")
+        logit_std = check_number(logit_std, "logit_std", low=0, low_open=True)
         for key in ("schedule", "prediction"):
             if key in kwargs:
                 raise TypeError(

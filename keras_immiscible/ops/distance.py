@@ -1,11 +1,11 @@
 """Pairwise distances between flattened rows."""
 
-import keras
 from keras import ops
 
 from keras_immiscible.ops.validation import check_finite
 from keras_immiscible.ops.validation import check_min_rank
 from keras_immiscible.ops.validation import to_float_tensor
+from keras_immiscible.utils.arguments import check_choice
 
 METRICS = ("sq_l2", "l2")
 
@@ -21,10 +21,7 @@ def flatten_rows(x):
 
 
 def check_metric(metric):
-    if metric not in METRICS:
-        raise ValueError(
-            f"`metric` must be one of {METRICS}, got {metric!r}."
-        )
+    check_choice(metric, "metric", METRICS)
 
 
 def _matching_features(x, y):

@@ -11,13 +11,13 @@ from keras_immiscible.ops.auction import auction_assignment
 from keras_immiscible.ops.validation import check_finite
 from keras_immiscible.ops.validation import check_rank
 from keras_immiscible.ops.validation import to_float_tensor
+from keras_immiscible.utils.arguments import check_choice
 
 SOLVERS = ("scipy", "auction")
 
 
 def check_solver(solver):
-    if solver not in SOLVERS:
-        raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+    check_choice(solver, "solver", SOLVERS)
 
 
 def reduce_cost(cost):
