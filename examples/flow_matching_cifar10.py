@@ -101,6 +101,7 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     backup = ki.callbacks.BackupAndRestore(common.backup_dir(args),
                                            delete_checkpoint=False)
+    initial_step = backup.initial_step  # > 0: --resume continues from there
 
     # Data: CIFAR-10's training images, flipped at random, as endless
     # batches; KID/FID against the same images, on Inception-V3 features.
@@ -111,12 +112,12 @@ def main(argv=None):
         real = np.repeat(ki.data.load_digits(image_size=args.image_size), 3,
                          axis=-1)
         train = ki.data.from_numpy(real, args.batch_size, seed=args.seed)
-        train = train.repeat().skip(backup.initial_step)
+        train = train.repeat().skip(initial_step)
         features = common.digits_features(args.image_size)
     else:
         train = ki.data.load_cifar10(
             image_size=args.image_size, batch_size=args.batch_size, flip=True,
-            data_dir=args.data_dir, seed=args.seed + backup.initial_step,
+            data_dir=args.data_dir, seed=args.seed + initial_step,
         ).repeat()
         real = ki.data.load_cifar10(
             "train", image_size=args.image_size, batch_size=250,
@@ -189,7 +190,7 @@ def main(argv=None):
                     scale=32 // args.image_size)
     model.save(os.path.join(args.output, "model.keras"))
     common.summary(model, start, args.output)
-    return {"model": model, "initial_step": backup.initial_step}
+    return {"model": model, "initial_step": initial_step}
 
 
 if __name__ == "__main__":
