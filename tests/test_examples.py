@@ -76,6 +76,7 @@ CASES = {
         "channels": 1,
         "sampling_steps": 5,
         "model": "ImmiscibleDiffusion",
+        "optimizer": ("keras_immiscible>AdamW", {"ema_warmup": 10.0}),
     },
     "ddim_oxford_flowers": {
         "backend": "tensorflow",
