@@ -202,10 +202,14 @@ def host_calls_in_step(model, x):
             [v.value for v in model.optimizer.variables],
             [v.value for v in model.metrics_variables],
         )
-        jitted = jax.jit(model.train_step)
+        # Fresh functions: JAX caches traces by function, and a bound
+        # method of the same model would hit the previous assigner's trace.
+        jitted = jax.jit(lambda s, d: model.train_step(s, d))
         lowered = model._keras_step(jitted.lower, state, (x,))
         compiled_text = lowered.compile().as_text()
-        jaxpr = str(model._keras_step(jax.make_jaxpr(model.train_step), state, (x,)))
+        jaxpr = str(model._keras_step(
+            jax.make_jaxpr(lambda s, d: model.train_step(s, d)), state, (x,)
+        ))
         names = []
         if "pure_callback" in jaxpr:
             names.append("jaxpr:pure_callback")
