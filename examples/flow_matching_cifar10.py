@@ -169,7 +169,7 @@ def main(argv=None):
         ki.callbacks.SampleGrid(
             os.path.join(args.output, "samples", "epoch_{epoch:04d}.png"),
             num_images=args.grid_images, steps=args.sampling_steps,
-            seed=args.seed, scale=32 // args.image_size),
+            seed=args.seed, scale=max(1, 32 // args.image_size)),
         keras.callbacks.LambdaCallback(on_epoch_end=log_step_and_time),
         keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"),
                                   append=args.resume),
@@ -187,7 +187,7 @@ def main(argv=None):
     samples = model.generate(args.grid_images, steps=args.sampling_steps,
                              seed=args.seed)
     save_image_grid(samples, os.path.join(args.output, "samples.png"),
-                    scale=32 // args.image_size)
+                    scale=max(1, 32 // args.image_size))
     model.save(os.path.join(args.output, "model.keras"))
     common.summary(model, start, args.output)
     return {"model": model, "initial_step": initial_step}

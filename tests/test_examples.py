@@ -584,23 +584,25 @@ def check_tfds_data_under_mock_data(tmp_path, monkeypatch):
             self.model = None  # what the example builds up front
 
     monkeypatch.setattr(ki.metrics, "InceptionFeatureExtractor", MeanColour)
-    for name, extra in (
-        ("ddim_cifar10", ["--attention", "", "--warmup-steps", "0"]),
-        ("ddim_oxford_flowers", ["--eval-sampling-steps", "2"]),
+    for name, size, extra in (
+        ("ddim_cifar10", 16, ["--attention", "", "--warmup-steps", "0"]),
+        # At its own size, 64: grids of unscaled tiles.
+        ("ddim_oxford_flowers", 64, ["--eval-sampling-steps", "2"]),
     ):
         output = tmp_path / name
         with tfds.testing.mock_data(num_examples=10):
             result = load_example(name).main(
-                [*TINY_REAL_RUN, *extra, "--output", str(output)]
+                [*TINY_REAL_RUN, *extra, "--image-size", str(size),
+                 "--output", str(output)]
             )
         model = result["model"]
-        assert tuple(model.image_shape) == (16, 16, 3)
+        assert tuple(model.image_shape) == (size, size, 3)
         assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
         columns, rows = read_log(output / "log.csv")
         assert COLUMNS <= set(columns) and len(rows) == 1
         assert math.isfinite(rows[0]["val_fid"]) and rows[0]["val_fid"] >= 0
         assert 0.0 < rows[0]["assignment_gain"] < 0.5
-        grid_tiles(output / "samples.png", 4, 16, 3, 2)
+        grid_tiles(output / "samples.png", 4, size, 3, max(1, 32 // size))
     assert asked == [None, None]  # --inception-weights none
 
 
