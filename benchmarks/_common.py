@@ -42,7 +42,7 @@ def machine():
         pass
     load = ""
     if hasattr(os, "getloadavg"):
-        load = ", load average %.1f at start" % os.getloadavg()[0]
+        load = f", load average {os.getloadavg()[0]:.1f} at start"
     return f"{cpu}, {os.cpu_count()} CPUs{load}, no GPU used"
 
 
@@ -68,8 +68,17 @@ def versions():
     from importlib import metadata
 
     out = {}
-    for name in ("keras", "numpy", "scipy", "jax", "jaxlib", "tensorflow-cpu",
-                 "tensorflow", "torch", "optax"):
+    for name in (
+        "keras",
+        "numpy",
+        "scipy",
+        "jax",
+        "jaxlib",
+        "tensorflow-cpu",
+        "tensorflow",
+        "torch",
+        "optax",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -124,16 +133,14 @@ def run_worker(script, backend, args, env_extra=None):
     records = []
     for line in process.stdout:
         if line.startswith("RECORD "):
-            record = json.loads(line[len("RECORD "):])
+            record = json.loads(line[len("RECORD ") :])
             records.append(record)
             print(f"[{backend}] {_short(record)}", flush=True)
         elif not any(token in line for token in _NOISE):
             print(f"[{backend}] {line.rstrip()}", flush=True)
     code = process.wait()
     if code != 0:
-        records.append(
-            {"backend": backend, "error": f"worker exited with code {code}"}
-        )
+        records.append({"backend": backend, "error": f"worker exited with code {code}"})
     return records
 
 
@@ -143,8 +150,16 @@ def emit(record):
 
 
 def _short(record):
-    keys = ("method", "arm", "batch_size", "dims", "median_ms", "ratio",
-            "skipped", "error")
+    keys = (
+        "method",
+        "arm",
+        "batch_size",
+        "dims",
+        "median_ms",
+        "ratio",
+        "skipped",
+        "error",
+    )
     return ", ".join(f"{k}={record[k]}" for k in keys if k in record)
 
 

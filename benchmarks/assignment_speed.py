@@ -44,7 +44,6 @@ Writes `docs/benchmarks/assignment_speed.{json,md,png}`.
 """
 
 import argparse
-import math
 import os
 import sys
 
@@ -55,16 +54,12 @@ import _common  # noqa: E402
 METHODS = {
     # name: (label, kind, growth exponent of the time in B, backends)
     "paper_numpy_fp16": ("paper recipe, numpy fp16", "linear", 2, ("jax",)),
-    "paper_torch_fp16": ("paper recipe, torch.cdist fp16", "linear", 2,
-                         ("jax",)),
-    "host_scipy": ("LinearAssignment(scipy), host", "linear", 2,
-                   ("jax", "tensorflow")),
-    "auction": ("LinearAssignment(auction), XLA", "linear", 3,
-                ("jax", "tensorflow")),
+    "paper_torch_fp16": ("paper recipe, torch.cdist fp16", "linear", 2, ("jax",)),
+    "host_scipy": ("LinearAssignment(scipy), host", "linear", 2, ("jax", "tensorflow")),
+    "auction": ("LinearAssignment(auction), XLA", "linear", 3, ("jax", "tensorflow")),
     "knn4": ("KNNSelection(k=4), XLA", "knn", 2, ("jax", "tensorflow")),
     "knn8": ("KNNSelection(k=8), XLA", "knn", 2, ("jax", "tensorflow")),
-    "optax_hungarian": ("optax hungarian_algorithm, XLA", "linear", 3,
-                        ("jax",)),
+    "optax_hungarian": ("optax hungarian_algorithm, XLA", "linear", 3, ("jax",)),
 }
 HOST_BACKEND = {"paper_numpy_fp16": "numpy", "paper_torch_fp16": "torch"}
 
@@ -75,38 +70,69 @@ def parse_args(argv=None):
     parser.add_argument("--dims", default="64,3072,16384")
     parser.add_argument("--backends", default="jax,tensorflow")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed calls per cell after the warm-up call")
-    parser.add_argument("--budget-s", type=float, default=60.0,
-                        help="skip a cell whose predicted time per call "
-                        "exceeds this; also caps the repeats of slow cells")
-    parser.add_argument("--max-batch", action="append", default=[],
-                        metavar="METHOD=B",
-                        help="largest batch size for a method (repeatable)")
-    parser.add_argument("--max-bytes", type=float, default=6e8,
-                        help="skip a cell whose input arrays exceed this")
-    parser.add_argument("--data", choices=("digits", "uniform"),
-                        default="digits")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed calls per cell after the warm-up call",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=60.0,
+        help="skip a cell whose predicted time per call "
+        "exceeds this; also caps the repeats of slow cells",
+    )
+    parser.add_argument(
+        "--max-batch",
+        action="append",
+        default=[],
+        metavar="METHOD=B",
+        help="largest batch size for a method (repeatable)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=float,
+        default=6e8,
+        help="skip a cell whose input arrays exceed this",
+    )
+    parser.add_argument("--data", choices=("digits", "uniform"), default="digits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="docs/benchmarks")
     parser.add_argument("--name", default="assignment_speed")
-    parser.add_argument("--append", action="store_true",
-                        help="add this run's records to an existing JSON "
-                        "(e.g. the other --data) and redo its table and plot")
-    parser.add_argument("--study", choices=("solvers", "host"),
-                        help="instead of the grid: 'solvers' times the old "
-                        "and new auction and scipy on the same costs (D=3072, "
-                        "JAX), with rounds and gaps; 'host' times the exact "
-                        "host path against the paper's recipe at B=1024, "
-                        "D=3072, data in [0, 1] and [-1, 1], and lapx vs "
-                        "scipy; both append to the JSON")
-    parser.add_argument("--study-data", default="image,digits",
-                        help="data of the studies: image (smooth fields), "
-                        "digits")
-    parser.add_argument("--problems", type=int, default=5,
-                        help="problems per batch size (solvers study)")
-    parser.add_argument("--old-problems", type=int, default=2,
-                        help="problems per batch size the old auction solves")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's records to an existing JSON "
+        "(e.g. the other --data) and redo its table and plot",
+    )
+    parser.add_argument(
+        "--study",
+        choices=("solvers", "host"),
+        help="instead of the grid: 'solvers' times the old "
+        "and new auction and scipy on the same costs (D=3072, "
+        "JAX), with rounds and gaps; 'host' times the exact "
+        "host path against the paper's recipe at B=1024, "
+        "D=3072, data in [0, 1] and [-1, 1], and lapx vs "
+        "scipy; both append to the JSON",
+    )
+    parser.add_argument(
+        "--study-data",
+        default="image,digits",
+        help="data of the studies: image (smooth fields), digits",
+    )
+    parser.add_argument(
+        "--problems",
+        type=int,
+        default=5,
+        help="problems per batch size (solvers study)",
+    )
+    parser.add_argument(
+        "--old-problems",
+        type=int,
+        default=2,
+        help="problems per batch size the old auction solves",
+    )
     parser.add_argument("--old-max-batch", type=int, default=2048)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -202,7 +228,7 @@ def build_methods(backend, names):
             continue
         if name == "paper_numpy_fp16":
             methods[name] = (
-                lambda x, n, c: (lambda: paper_numpy_fp16(x, n)),
+                lambda x, n, c: lambda: paper_numpy_fp16(x, n),
                 lambda out: out,
             )
         elif name == "paper_torch_fp16":
@@ -287,8 +313,7 @@ def worker(args):
     methods = build_methods(backend, args.methods)
     for name, spec in methods.items():
         if isinstance(spec, str):
-            _common.emit({"method": name, "backend": backend,
-                          "skipped": spec})
+            _common.emit({"method": name, "backend": backend, "skipped": spec})
     methods = {k: v for k, v in methods.items() if not isinstance(v, str)}
     rng = np.random.default_rng(args.seed)
     last = {}  # (method, dims) -> (batch, seconds per call)
@@ -306,15 +331,18 @@ def worker(args):
             rows, cols = scipy.optimize.linear_sum_assignment(cost)
             optimum = float(cost[rows, cols].sum())
             identity = float(np.trace(cost))
-            exact_change = float(
-                distance_change(x, noise[cols], noise)
-            )
+            exact_change = float(distance_change(x, noise[cols], noise))
 
             active = {}
             for name, (make, sync) in methods.items():
-                base = {"method": name, "label": METHODS[name][0],
-                        "backend": HOST_BACKEND.get(name, backend),
-                        "batch_size": batch, "dims": dims, "data": args.data}
+                base = {
+                    "method": name,
+                    "label": METHODS[name][0],
+                    "backend": HOST_BACKEND.get(name, backend),
+                    "batch_size": batch,
+                    "dims": dims,
+                    "data": args.data,
+                }
                 reason = None
                 limit = args.max_batch.get(name)
                 if limit is not None and batch > limit:
@@ -349,9 +377,7 @@ def worker(args):
                 active[name] = (base, call, sync, first, reps, [])
 
             for rep in range(args.repeats):
-                for name, (base, call, sync, first, reps, times) in (
-                    active.items()
-                ):
+                for name, (base, call, sync, first, reps, times) in active.items():
                     if rep < reps:
                         times.append(_common.time_call(call, sync))
 
@@ -359,8 +385,7 @@ def worker(args):
                 assigned = np.asarray(keras.ops.convert_to_numpy(call()))
                 kind = METHODS[name][1]
                 unassigned = (
-                    noise if kind == "linear"
-                    else candidates[int(name[3:])][:, 0]
+                    noise if kind == "linear" else candidates[int(name[3:])][:, 0]
                 )
                 change = float(distance_change(x, assigned, unassigned))
                 record = dict(
@@ -375,9 +400,8 @@ def worker(args):
                 )
                 if kind == "linear":
                     total = float(
-                        -2.0 * np.sum(
-                            x.astype(np.float64) * assigned.astype(np.float64)
-                        )
+                        -2.0
+                        * np.sum(x.astype(np.float64) * assigned.astype(np.float64))
                     )
                     record["gap"] = (total - optimum) / (identity - optimum)
                     is_perm = np.array_equal(
@@ -388,7 +412,6 @@ def worker(args):
                     record["k"] = int(name[3:])
                 last[(name, dims)] = (batch, _common.median(times))
                 _common.emit(record)
-
 
 
 # ------------------------------------------------- solvers study (issue 13)
@@ -407,9 +430,12 @@ def smooth_images(num, dims, rng):
     channels = dims // (side * side)
     z = rng.standard_normal((num, side, side, channels))
     f = np.fft.fftfreq(side)
-    kernel = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.06 ** 2))
-    z = np.real(np.fft.ifft2(np.fft.fft2(z, axes=(1, 2))
-                             * kernel[None, :, :, None], axes=(1, 2)))
+    kernel = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.06**2))
+    z = np.real(
+        np.fft.ifft2(
+            np.fft.fft2(z, axes=(1, 2)) * kernel[None, :, :, None], axes=(1, 2)
+        )
+    )
     z /= np.abs(z).max(axis=(1, 2, 3), keepdims=True)
     return z.reshape(num, -1).astype(np.float32)
 
@@ -465,17 +491,15 @@ def _legacy_bidding_round(benefit, prices, person_to_object, object_to_person, e
         ops.logical_and(has_bid, object_to_person >= 0), object_to_person, n
     )
     padded = ops.concatenate([person_to_object, -ops.ones((1,), "int32")])
-    padded = ops.scatter_update(
-        padded, evicted[:, None], -ops.ones((n,), "int32")
-    )
+    padded = ops.scatter_update(padded, evicted[:, None], -ops.ones((n,), "int32"))
     seated = ops.where(has_bid, new_object_to_person, n)
     padded = ops.scatter_update(padded, seated[:, None], objects)
     return new_prices, padded[:n], new_object_to_person
 
 
-
-def legacy_auction(cost, epsilon=None, initial_epsilon=0.25, scaling=5.0,
-                   max_rounds=None):
+def legacy_auction(
+    cost, epsilon=None, initial_epsilon=0.25, scaling=5.0, max_rounds=None
+):
     """The auction as it was before issue 13, for this benchmark only.
 
     Jacobi auction with epsilon scaling relative to the full cost range
@@ -490,14 +514,17 @@ def legacy_auction(cost, epsilon=None, initial_epsilon=0.25, scaling=5.0,
     epsilon = 1.0 / (64.0 * n) if epsilon is None else epsilon
     max_rounds = max(2000, 40 * n) if max_rounds is None else max_rounds
     epsilon = ops.cast(epsilon, "float32")
-    initial_epsilon = ops.maximum(ops.cast(initial_epsilon, "float32"),
-                                  epsilon)
+    initial_epsilon = ops.maximum(ops.cast(initial_epsilon, "float32"), epsilon)
     cost = ops.cast(cost, "float32")
     span = ops.maximum(ops.max(cost) - ops.min(cost), 1e-30)
     benefit = (ops.max(cost) - cost) / span
-    state = (ops.zeros((n,), "float32"), -ops.ones((n,), "int32"),
-             -ops.ones((n,), "int32"), initial_epsilon,
-             ops.convert_to_tensor(0, "int32"))
+    state = (
+        ops.zeros((n,), "float32"),
+        -ops.ones((n,), "int32"),
+        -ops.ones((n,), "int32"),
+        initial_epsilon,
+        ops.convert_to_tensor(0, "int32"),
+    )
     final_eps = epsilon * (1.0 + 1e-4)
 
     def cond(prices, p2o, o2p, eps, rounds):
@@ -509,14 +536,13 @@ def legacy_auction(cost, epsilon=None, initial_epsilon=0.25, scaling=5.0,
         eps = ops.where(next_phase, ops.maximum(eps / scaling, epsilon), eps)
         p2o = ops.where(next_phase, ops.full_like(p2o, -1), p2o)
         o2p = ops.where(next_phase, ops.full_like(o2p, -1), o2p)
-        prices, p2o, o2p = _legacy_bidding_round(benefit, prices, p2o, o2p,
-                                                 eps)
+        prices, p2o, o2p = _legacy_bidding_round(benefit, prices, p2o, o2p, eps)
         return prices, p2o, o2p, eps, rounds + 1
 
     prices, p2o, o2p, _, rounds = ops.while_loop(
-        cond, body, state, maximum_iterations=max_rounds)
+        cond, body, state, maximum_iterations=max_rounds
+    )
     return _complete(p2o, o2p), rounds
-
 
 
 def solvers_worker(args):
@@ -540,26 +566,31 @@ def solvers_worker(args):
                 noise = rng.standard_normal((batch, dims), dtype=np.float32)
                 cost = -2.0 * (x @ noise.T)  # what LinearAssignment solves
                 c64 = cost.astype(np.float64)
-                rows, cols = scipy.optimize.linear_sum_assignment(
-                    reduce_cost(c64))
+                rows, cols = scipy.optimize.linear_sum_assignment(reduce_cost(c64))
                 opt = float(c64[rows, cols].sum())
                 gain = float(np.trace(c64)) - opt
 
                 def gap(columns):
                     columns = np.asarray(columns)
                     assert np.array_equal(np.sort(columns), np.arange(batch))
-                    return (float(c64[np.arange(batch), columns].sum())
-                            - opt) / gain
+                    return (float(c64[np.arange(batch), columns].sum()) - opt) / gain
 
-                base = {"study": "solvers", "data": kind, "batch_size": batch,
-                        "dims": dims, "problem": problem}
+                base = {
+                    "study": "solvers",
+                    "data": kind,
+                    "batch_size": batch,
+                    "dims": dims,
+                    "problem": problem,
+                }
                 device_cost = jax.device_put(cost)
                 calls = {
-                    "scipy": (lambda: scipy.optimize.linear_sum_assignment(
-                        reduce_cost(cost.astype(np.float64)))[1],
-                        lambda out: out),
-                    "auction": (lambda: new(device_cost),
-                                jax.block_until_ready),
+                    "scipy": (
+                        lambda: scipy.optimize.linear_sum_assignment(
+                            reduce_cost(cost.astype(np.float64))
+                        )[1],
+                        lambda out: out,
+                    ),
+                    "auction": (lambda: new(device_cost), jax.block_until_ready),
                 }
                 first = {}
                 for name, (call, sync) in calls.items():
@@ -569,27 +600,43 @@ def solvers_worker(args):
                     for name, (call, sync) in calls.items():
                         times[name].append(_common.time_call(call, sync))
                 columns, info = new(device_cost)
-                _common.emit(dict(
-                    base, method="scipy",
-                    median_ms=1000 * _common.median(times["scipy"]), gap=0.0))
-                _common.emit(dict(
-                    base, method="auction",
-                    median_ms=1000 * _common.median(times["auction"]),
-                    rounds=int(info["rounds"]),
-                    tail_steps=int(info["tail_steps"]),
-                    sinkhorn_iterations=int(info["sinkhorn_iterations"]),
-                    gap=gap(columns), gap_bound=float(info["gap_bound"]),
-                    converged=bool(info["converged"])))
+                _common.emit(
+                    dict(
+                        base,
+                        method="scipy",
+                        median_ms=1000 * _common.median(times["scipy"]),
+                        gap=0.0,
+                    )
+                )
+                _common.emit(
+                    dict(
+                        base,
+                        method="auction",
+                        median_ms=1000 * _common.median(times["auction"]),
+                        rounds=int(info["rounds"]),
+                        tail_steps=int(info["tail_steps"]),
+                        sinkhorn_iterations=int(info["sinkhorn_iterations"]),
+                        gap=gap(columns),
+                        gap_bound=float(info["gap_bound"]),
+                        converged=bool(info["converged"]),
+                    )
+                )
                 if problem < args.old_problems and batch <= args.old_max_batch:
                     if old_compiled is None:
                         old_compiled = old.lower(device_cost).compile()
                     start = _common.time.perf_counter()
-                    columns, rounds = jax.block_until_ready(
-                        old_compiled(device_cost))
+                    columns, rounds = jax.block_until_ready(old_compiled(device_cost))
                     seconds = _common.time.perf_counter() - start
-                    _common.emit(dict(
-                        base, method="old_auction", median_ms=1000 * seconds,
-                        repeats=1, rounds=int(rounds), gap=gap(columns)))
+                    _common.emit(
+                        dict(
+                            base,
+                            method="old_auction",
+                            median_ms=1000 * seconds,
+                            repeats=1,
+                            rounds=int(rounds),
+                            gap=gap(columns),
+                        )
+                    )
 
 
 def paper_numpy_blas(x, noise):
@@ -599,8 +646,7 @@ def paper_numpy_blas(x, noise):
     import scipy.optimize
 
     xs, ns = 0.1 * x, 0.1 * noise
-    sq = (np.sum(xs * xs, 1)[:, None] + np.sum(ns * ns, 1)[None, :]
-          - 2.0 * (xs @ ns.T))
+    sq = np.sum(xs * xs, 1)[:, None] + np.sum(ns * ns, 1)[None, :] - 2.0 * (xs @ ns.T)
     dist = np.sqrt(np.maximum(sq, 0.0)).astype(np.float16)
     _, cols = scipy.optimize.linear_sum_assignment(dist)
     return noise[cols]
@@ -637,20 +683,25 @@ def host_worker(args):
             calls = {
                 "paper_numpy_blas_fp16": lambda: paper_numpy_blas(x, noise),
                 "host_scipy": lambda: keras.ops.convert_to_numpy(
-                    assigner.assign(xd, nd)),
-                "scipy_unreduced_solve": lambda: scipy.optimize
-                .linear_sum_assignment(cost),
-                "scipy_reduced_solve": lambda: scipy.optimize
-                .linear_sum_assignment(reduced),
+                    assigner.assign(xd, nd)
+                ),
+                "scipy_unreduced_solve": lambda: scipy.optimize.linear_sum_assignment(
+                    cost
+                ),
+                "scipy_reduced_solve": lambda: scipy.optimize.linear_sum_assignment(
+                    reduced
+                ),
             }
             if torch is not None:
                 xt, nt = torch.from_numpy(x), torch.from_numpy(noise)
                 calls["paper_torch_fp16"] = lambda: paper_torch_fp16(xt, nt)
             if lap is not None:
                 calls["lapjv_reduced_solve"] = lambda: lap.lapjv(
-                    reduced, extend_cost=False)
+                    reduced, extend_cost=False
+                )
                 calls["lapjv_unreduced_solve"] = lambda: lap.lapjv(
-                    cost, extend_cost=False)
+                    cost, extend_cost=False
+                )
             times = {name: [] for name in calls}
             for name, call in calls.items():
                 call()
@@ -658,13 +709,20 @@ def host_worker(args):
                 for name, call in calls.items():
                     times[name].append(_common.time_call(call))
             for name in calls:
-                _common.emit({
-                    "study": "host", "data": kind,
-                    "data_range": f"[{low:g}, 1]", "batch_size": batch,
-                    "dims": dims, "method": name,
-                    "median_ms": 1000 * _common.median(times[name]),
-                    "min_ms": 1000 * min(times[name]),
-                    "repeats": len(times[name])})
+                _common.emit(
+                    {
+                        "study": "host",
+                        "data": kind,
+                        "data_range": f"[{low:g}, 1]",
+                        "batch_size": batch,
+                        "dims": dims,
+                        "method": name,
+                        "median_ms": 1000 * _common.median(times[name]),
+                        "min_ms": 1000 * min(times[name]),
+                        "repeats": len(times[name]),
+                    }
+                )
+
 
 # ---------------------------------------------------------------- report
 
@@ -732,9 +790,15 @@ def write_table(path, headers, records):
     order = list(METHODS)
     keys.sort(key=lambda c: (order.index(c[0]), c[1]))
     by_cell = {
-        (r.get("data", "digits"), r["method"], r["backend"], r["dims"],
-         r["batch_size"]): r
-        for r in records if "batch_size" in r and "method" in r
+        (
+            r.get("data", "digits"),
+            r["method"],
+            r["backend"],
+            r["dims"],
+            r["batch_size"],
+        ): r
+        for r in records
+        if "batch_size" in r and "method" in r
     }
 
     lines = [
@@ -768,10 +832,16 @@ def write_table(path, headers, records):
         timed = [r for r in rows if "median_ms" in r]
         dims_list = sorted({r["dims"] for r in rows if "dims" in r})
         for dims in dims_list:
-            batches = sorted({r["batch_size"] for r in rows
-                              if r.get("dims") == dims and "batch_size" in r})
-            head = "| method [backend] | " + " | ".join(
-                f"B={b}" for b in batches) + " |"
+            batches = sorted(
+                {
+                    r["batch_size"]
+                    for r in rows
+                    if r.get("dims") == dims and "batch_size" in r
+                }
+            )
+            head = (
+                "| method [backend] | " + " | ".join(f"B={b}" for b in batches) + " |"
+            )
             rule = "|---" * (len(batches) + 1) + "|"
             lines += [f"## {data}, D = {dims}: milliseconds", "", head, rule]
             for method, backend in keys:
@@ -794,11 +864,9 @@ def write_table(path, headers, records):
             ]
             exact = ["exact optimum (scipy, float64 cost)"]
             for b in batches:
-                found = [r for r in timed if r["dims"] == dims
-                         and r["batch_size"] == b]
+                found = [r for r in timed if r["dims"] == dims and r["batch_size"] == b]
                 exact.append(
-                    f"{100 * found[0]['exact_distance_change']:.2f}%"
-                    if found else "-"
+                    f"{100 * found[0]['exact_distance_change']:.2f}%" if found else "-"
                 )
             lines.append("| " + " | ".join(exact) + " |")
             for method, backend in keys:
@@ -810,8 +878,7 @@ def write_table(path, headers, records):
                         continue
                     text = f"{100 * r['distance_change']:.2f}%"
                     if "gap" in r:
-                        text += (f", gap {r['gap']:.0e}" if r["gap"]
-                                 else ", gap 0")
+                        text += f", gap {r['gap']:.0e}" if r["gap"] else ", gap 0"
                     row.append(text)
                 lines.append("| " + " | ".join(row) + " |")
             lines.append("")
@@ -822,8 +889,11 @@ def write_table(path, headers, records):
     if notes:
         lines += ["## Skipped cells", ""]
         for r in notes:
-            where = (f"{r.get('data', 'digits')}, B={r['batch_size']}, "
-                     f"D={r['dims']}" if "batch_size" in r else "all")
+            where = (
+                f"{r.get('data', 'digits')}, B={r['batch_size']}, D={r['dims']}"
+                if "batch_size" in r
+                else "all"
+            )
             lines.append(
                 f"- {r.get('method', '?')} [{r.get('backend', '?')}], {where}: "
                 f"{r.get('skipped') or r.get('error')}"
@@ -834,9 +904,11 @@ def write_table(path, headers, records):
 
 def headline(records, batch=1024, dims=3072):
     """The numbers the issue asks for, as a dict."""
-    cell = {(r["method"], r["backend"]): r for r in records
-            if r.get("batch_size") == batch and r.get("dims") == dims
-            and "median_ms" in r}
+    cell = {
+        (r["method"], r["backend"]): r
+        for r in records
+        if r.get("batch_size") == batch and r.get("dims") == dims and "median_ms" in r
+    }
     out = {"batch_size": batch, "dims": dims}
     for (method, backend), r in cell.items():
         out[f"{method}[{backend}]_ms"] = r["median_ms"]
@@ -852,11 +924,10 @@ def headline(records, batch=1024, dims=3072):
         a = cell.get(("auction", backend))
         s = cell.get(("host_scipy", backend))
         if a and s:
-            out[f"auction_vs_host_scipy[{backend}]"] = (
-                a["median_ms"] / s["median_ms"]
-            )
-    auction = [r for r in records if r.get("method") == "auction"
-               and "reduction_vs_exact" in r]
+            out[f"auction_vs_host_scipy[{backend}]"] = a["median_ms"] / s["median_ms"]
+    auction = [
+        r for r in records if r.get("method") == "auction" and "reduction_vs_exact" in r
+    ]
     if auction:
         worst = min(auction, key=lambda r: r["reduction_vs_exact"])
         out["auction_worst_reduction_vs_exact"] = worst["reduction_vs_exact"]
@@ -903,13 +974,13 @@ def plot(path, records):
     if not dims_list:
         return
     fig, axes = plt.subplots(
-        len(data_kinds), len(dims_list),
+        len(data_kinds),
+        len(dims_list),
         figsize=(5.5 * len(dims_list), 4.5 * len(data_kinds)),
         squeeze=False,
     )
     styles = {"jax": "-", "tensorflow": "--", "numpy": ":", "torch": "-."}
-    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()[
-        "color"]))
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for row, data in zip(axes, data_kinds):
         for ax, dims in zip(row, dims_list):
             series = {}
@@ -923,8 +994,11 @@ def plot(path, records):
             ):
                 points.sort()
                 ax.plot(
-                    [p[0] for p in points], [p[1] for p in points],
-                    styles.get(backend, "-"), marker="o", markersize=3,
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    styles.get(backend, "-"),
+                    marker="o",
+                    markersize=3,
                     color=colors.get(method),
                     label=f"{METHODS[method][0]} [{backend}]",
                 )
@@ -941,18 +1015,22 @@ def plot(path, records):
 
 def _median(values):
     values = sorted(values)
-    return values[len(values) // 2] if len(values) % 2 else (
-        0.5 * (values[len(values) // 2 - 1] + values[len(values) // 2]))
+    return (
+        values[len(values) // 2]
+        if len(values) % 2
+        else (0.5 * (values[len(values) // 2 - 1] + values[len(values) // 2]))
+    )
 
 
 def study_lines(headers, records):
     """Tables of the issue-13 studies (solvers; host path)."""
     lines = ["", "# Solvers study (issue 13)", ""]
     for h in headers:
-        lines.append(f"- `{h['command']}`: {h['machine']}; {h['date']}; "
-                     f"data: {h['data_description']}")
-    solvers = [r for r in records if r["study"] == "solvers"
-               and "median_ms" in r]
+        lines.append(
+            f"- `{h['command']}`: {h['machine']}; {h['date']}; "
+            f"data: {h['data_description']}"
+        )
+    solvers = [r for r in records if r["study"] == "solvers" and "median_ms" in r]
     for data in sorted({r["data"] for r in solvers}, reverse=True):
         rows = [r for r in solvers if r["data"] == data]
         batches = sorted({r["batch_size"] for r in rows})
@@ -975,31 +1053,36 @@ def study_lines(headers, records):
             "|---" * 11 + "|",
         ]
         for b in batches:
-            new = [r for r in rows if r["batch_size"] == b
-                   and r["method"] == "auction"]
-            old = [r for r in rows if r["batch_size"] == b
-                   and r["method"] == "old_auction"]
-            sci = [r for r in rows if r["batch_size"] == b
-                   and r["method"] == "scipy"]
+            new = [r for r in rows if r["batch_size"] == b and r["method"] == "auction"]
+            old = [
+                r for r in rows if r["batch_size"] == b and r["method"] == "old_auction"
+            ]
+            sci = [r for r in rows if r["batch_size"] == b and r["method"] == "scipy"]
             old_rounds = _median([r["rounds"] for r in old]) if old else None
             new_rounds = _median([r["rounds"] for r in new])
-            ratio = (f"{old_rounds / max(new_rounds, 1):.0f}x"
-                     if old_rounds else "-")
-            lines.append("| " + " | ".join([
-                str(b),
-                f"{old_rounds:.0f} ({len(old)})" if old else "-",
-                f"{new_rounds:.0f} ({max(r['rounds'] for r in new)}; "
-                f"{len(new)})",
-                f"{_median([r['tail_steps'] for r in new]):.0f}",
-                ratio,
-                _common.fmt_ms(_median([r["median_ms"] for r in old]))
-                if old else "-",
-                _common.fmt_ms(_median([r["median_ms"] for r in new])),
-                _common.fmt_ms(_median([r["median_ms"] for r in sci])),
-                f"{max(r['gap'] for r in new):.1e}",
-                f"{max(r['gap_bound'] for r in new):.1e}",
-                str(all(r["gap_bound"] >= r["gap"] - 1e-7 for r in new)),
-            ]) + " |")
+            ratio = f"{old_rounds / max(new_rounds, 1):.0f}x" if old_rounds else "-"
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        str(b),
+                        f"{old_rounds:.0f} ({len(old)})" if old else "-",
+                        f"{new_rounds:.0f} ({max(r['rounds'] for r in new)}; "
+                        f"{len(new)})",
+                        f"{_median([r['tail_steps'] for r in new]):.0f}",
+                        ratio,
+                        _common.fmt_ms(_median([r["median_ms"] for r in old]))
+                        if old
+                        else "-",
+                        _common.fmt_ms(_median([r["median_ms"] for r in new])),
+                        _common.fmt_ms(_median([r["median_ms"] for r in sci])),
+                        f"{max(r['gap'] for r in new):.1e}",
+                        f"{max(r['gap_bound'] for r in new):.1e}",
+                        str(all(r["gap_bound"] >= r["gap"] - 1e-7 for r in new)),
+                    ]
+                )
+                + " |"
+            )
     host = [r for r in records if r["study"] == "host"]
     if host:
         lines += [
@@ -1020,31 +1103,51 @@ def study_lines(headers, records):
         for r in host:
             if r["method"] not in methods:
                 methods.append(r["method"])
-        cells = sorted({(r["data"], r["data_range"]) for r in host},
-                       reverse=True)
-        lines.append("| method | " + " | ".join(
-            f"{d}, {rng}" for d, rng in cells) + " |")
+        cells = sorted({(r["data"], r["data_range"]) for r in host}, reverse=True)
+        lines.append(
+            "| method | " + " | ".join(f"{d}, {rng}" for d, rng in cells) + " |"
+        )
         lines.append("|---" * (len(cells) + 1) + "|")
         by = {(r["data"], r["data_range"], r["method"]): r for r in host}
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(
-                _common.fmt_ms(by[(d, rng, m)]["median_ms"])
-                if (d, rng, m) in by else "-" for d, rng in cells) + " |")
+            lines.append(
+                f"| {m} | "
+                + " | ".join(
+                    _common.fmt_ms(by[(d, rng, m)]["median_ms"])
+                    if (d, rng, m) in by
+                    else "-"
+                    for d, rng in cells
+                )
+                + " |"
+            )
         for label, num, den in (
-            ("paper recipe (numpy BLAS fp16) / host_scipy",
-             "paper_numpy_blas_fp16", "host_scipy"),
-            ("paper recipe (torch.cdist fp16) / host_scipy",
-             "paper_torch_fp16", "host_scipy"),
-            ("scipy unreduced / reduced (solve only)",
-             "scipy_unreduced_solve", "scipy_reduced_solve"),
-            ("scipy reduced / lapjv reduced (solve only)",
-             "scipy_reduced_solve", "lapjv_reduced_solve"),
+            (
+                "paper recipe (numpy BLAS fp16) / host_scipy",
+                "paper_numpy_blas_fp16",
+                "host_scipy",
+            ),
+            (
+                "paper recipe (torch.cdist fp16) / host_scipy",
+                "paper_torch_fp16",
+                "host_scipy",
+            ),
+            (
+                "scipy unreduced / reduced (solve only)",
+                "scipy_unreduced_solve",
+                "scipy_reduced_solve",
+            ),
+            (
+                "scipy reduced / lapjv reduced (solve only)",
+                "scipy_reduced_solve",
+                "lapjv_reduced_solve",
+            ),
         ):
             row = []
             for d, rng in cells:
                 a, b = by.get((d, rng, num)), by.get((d, rng, den))
-                row.append(f"{a['median_ms'] / b['median_ms']:.1f}x"
-                           if a and b else "-")
+                row.append(
+                    f"{a['median_ms'] / b['median_ms']:.1f}x" if a and b else "-"
+                )
             lines.append(f"| ratio: {label} | " + " | ".join(row) + " |")
     lines += STUDY_READING
     return lines
@@ -1087,39 +1190,67 @@ def plot_study(path, records):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    solvers = [r for r in records if r["study"] == "solvers"
-               and "median_ms" in r]
+    solvers = [r for r in records if r["study"] == "solvers" and "median_ms" in r]
     kinds = sorted({r["data"] for r in solvers}, reverse=True)
     if not kinds:
         return
-    fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(kinds), figsize=(5.5 * len(kinds), 8), squeeze=False
+    )
     for col, data in enumerate(kinds):
         rows = [r for r in solvers if r["data"] == data]
-        for method, label in (("old_auction", "old auction"),
-                              ("auction", "new auction"),
-                              ("scipy", "scipy (reduced cost)")):
-            batches = sorted({r["batch_size"] for r in rows
-                              if r["method"] == method})
-            ms = [_median([r["median_ms"] for r in rows
-                           if r["method"] == method and r["batch_size"] == b])
-                  for b in batches]
+        for method, label in (
+            ("old_auction", "old auction"),
+            ("auction", "new auction"),
+            ("scipy", "scipy (reduced cost)"),
+        ):
+            batches = sorted({r["batch_size"] for r in rows if r["method"] == method})
+            ms = [
+                _median(
+                    [
+                        r["median_ms"]
+                        for r in rows
+                        if r["method"] == method and r["batch_size"] == b
+                    ]
+                )
+                for b in batches
+            ]
             axes[0][col].plot(batches, ms, marker="o", label=label)
             if method != "scipy":
-                rounds = [_median([r["rounds"] for r in rows
-                                   if r["method"] == method
-                                   and r["batch_size"] == b])
-                          for b in batches]
-                axes[1][col].plot(batches, rounds, marker="o",
-                                  label=label + " bidding rounds")
-        tails = sorted({r["batch_size"] for r in rows
-                        if r["method"] == "auction"})
-        axes[1][col].plot(tails, [_median(
-            [r["tail_steps"] for r in rows if r["method"] == "auction"
-             and r["batch_size"] == b]) for b in tails], marker="s",
-            linestyle="--", label="new auction tail steps (O(B) each)")
-        for ax, ylabel in ((axes[0][col], "median ms per solve (JAX, CPU)"),
-                           (axes[1][col], "count (median)")):
+                rounds = [
+                    _median(
+                        [
+                            r["rounds"]
+                            for r in rows
+                            if r["method"] == method and r["batch_size"] == b
+                        ]
+                    )
+                    for b in batches
+                ]
+                axes[1][col].plot(
+                    batches, rounds, marker="o", label=label + " bidding rounds"
+                )
+        tails = sorted({r["batch_size"] for r in rows if r["method"] == "auction"})
+        axes[1][col].plot(
+            tails,
+            [
+                _median(
+                    [
+                        r["tail_steps"]
+                        for r in rows
+                        if r["method"] == "auction" and r["batch_size"] == b
+                    ]
+                )
+                for b in tails
+            ],
+            marker="s",
+            linestyle="--",
+            label="new auction tail steps (O(B) each)",
+        )
+        for ax, ylabel in (
+            (axes[0][col], "median ms per solve (JAX, CPU)"),
+            (axes[1][col], "count (median)"),
+        ):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("batch size B")
@@ -1134,27 +1265,33 @@ def plot_study(path, records):
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
-        {"solvers": solvers_worker, "host": host_worker}.get(
-            args.study, worker)(args)
+        {"solvers": solvers_worker, "host": host_worker}.get(args.study, worker)(args)
         return
     out = os.path.join(args.output_dir, args.name)
     if args.study:
         records = _common.read_json(out + ".json")
-        records.append(_common.header(
-            "assignment_speed", study=args.study,
-            data_description="; ".join(STUDY_DATA[d] for d in args.study_data),
-            versions=_common.versions()))
-        worker_args = [a for a in (argv if argv is not None else sys.argv[1:])
-                       if a != "--append"]
+        records.append(
+            _common.header(
+                "assignment_speed",
+                study=args.study,
+                data_description="; ".join(STUDY_DATA[d] for d in args.study_data),
+                versions=_common.versions(),
+            )
+        )
+        worker_args = [
+            a for a in (argv if argv is not None else sys.argv[1:]) if a != "--append"
+        ]
         records += _common.run_worker(
-            os.path.abspath(__file__), "jax", worker_args + ["--worker"])
+            os.path.abspath(__file__), "jax", worker_args + ["--worker"]
+        )
         _common.write_json(out + ".json", records)
         report(out, records)
         print(f"wrote {out}.json, {out}.md, {out}.png")
         return
     records = _common.read_json(out + ".json") if args.append else []
     head = _common.header(
-        "assignment_speed", data=args.data,
+        "assignment_speed",
+        data=args.data,
         data_description=DATA_DESCRIPTIONS[args.data],
         versions=_common.versions(),
     )
@@ -1167,8 +1304,7 @@ def main(argv=None):
         )
         _common.write_json(out + ".json", records)
     report(out, records)
-    print("\n".join(headline_lines(
-        [r for r in records if r.get("data") == args.data])))
+    print("\n".join(headline_lines([r for r in records if r.get("data") == args.data])))
     print(f"wrote {out}.json, {out}.md, {out}.png")
 
 

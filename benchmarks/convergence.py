@@ -72,41 +72,107 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--sizes", default=None, help="image sizes among 8, 16, 32 (default: all of the grid).")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="image sizes among 8, 16, 32 (default: all of the grid).",
+    )
     parser.add_argument("--families", default=None, help="ddim, flow (default: both).")
     parser.add_argument(
-        "--arms", default=None,
+        "--arms",
+        default=None,
         help=f"arms among {', '.join(run_lib.ARM_NAMES)} (default: those of the grid: "
         "vanilla, linear, knn4 at every size, knn2 and knn8 at 16).",
     )
-    parser.add_argument("--seeds", default=None, help=f"a count N or a comma list (default: {DEFAULTS['seeds']}).")
     parser.add_argument(
-        "--steps", default=None,
+        "--seeds",
+        default=None,
+        help=f"a count N or a comma list (default: {DEFAULTS['seeds']}).",
+    )
+    parser.add_argument(
+        "--steps",
+        default=None,
         help=f"training steps per image size, 'S:N,...' or one N (default: {DEFAULTS['steps']}).",
     )
     parser.add_argument(
-        "--eval-every", default=None,
+        "--eval-every",
+        default=None,
         help="evaluation interval: N, or 'N1@S1,N2@S2,N3' (every N1 steps up to "
         f"S1, ...). Default: {DEFAULTS['eval_every']}.",
     )
-    parser.add_argument("--num-samples", type=int, default=None, help=f"samples per evaluation (default: {DEFAULTS['num_samples']}).")
     parser.add_argument(
-        "--sampling-steps", default=None,
+        "--num-samples",
+        type=int,
+        default=None,
+        help=f"samples per evaluation (default: {DEFAULTS['num_samples']}).",
+    )
+    parser.add_argument(
+        "--sampling-steps",
+        default=None,
         help=f"sampler step counts of every evaluation (default: {DEFAULTS['sampling_steps']}).",
     )
-    parser.add_argument("--sampling-seed", type=int, default=1234, help="seed of the evaluation samples (default: 1234).")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128).")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3).")
-    parser.add_argument("--ema-momentum", type=float, default=0.99, help="EMA momentum (default: 0.99).")
-    parser.add_argument("--ema-warmup", type=float, default=10.0, help="EMA warm-up constant (default: 10).")
-    parser.add_argument("--no-matched", dest="matched", action="store_false", help="do not also sample KNN arms from the matched Gaussian.")
-    parser.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"), help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
-    parser.add_argument("--threads", type=int, default=None, help="TensorFlow intra- and inter-op threads (default: TensorFlow's choice).")
-    parser.add_argument("--output", default=os.path.join("docs", "benchmarks"), help="output folder (default: docs/benchmarks).")
-    parser.add_argument("--name", default=None, help="file stem (default: convergence_regime, convergence_quick with --quick).")
-    parser.add_argument("--append", action="store_true", help="add to an existing records file, skipping complete runs.")
-    parser.add_argument("--report", action="store_true", help="do not train: rebuild the tables and plots.")
-    parser.add_argument("--quick", action="store_true", help="a smoke test of a few minutes.")
+    parser.add_argument(
+        "--sampling-seed",
+        type=int,
+        default=1234,
+        help="seed of the evaluation samples (default: 1234).",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="batch size (default: 128)."
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)."
+    )
+    parser.add_argument(
+        "--ema-momentum", type=float, default=0.99, help="EMA momentum (default: 0.99)."
+    )
+    parser.add_argument(
+        "--ema-warmup",
+        type=float,
+        default=10.0,
+        help="EMA warm-up constant (default: 10).",
+    )
+    parser.add_argument(
+        "--no-matched",
+        dest="matched",
+        action="store_false",
+        help="do not also sample KNN arms from the matched Gaussian.",
+    )
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("tensorflow", "jax", "torch"),
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="TensorFlow intra- and inter-op threads (default: TensorFlow's choice).",
+    )
+    parser.add_argument(
+        "--output",
+        default=os.path.join("docs", "benchmarks"),
+        help="output folder (default: docs/benchmarks).",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="file stem (default: convergence_regime, convergence_quick with --quick).",
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add to an existing records file, skipping complete runs.",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="do not train: rebuild the tables and plots.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test of a few minutes."
+    )
     args = parser.parse_args(argv)
     resolve(args)
     return args
@@ -116,9 +182,13 @@ def _ints(text, name, minimum=1):
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"`--{name}` must be a comma list of ints, got {text!r}.") from None
+        raise ValueError(
+            f"`--{name}` must be a comma list of ints, got {text!r}."
+        ) from None
     if not values or len(set(values)) != len(values) or min(values) < minimum:
-        raise ValueError(f"`--{name}` must list distinct ints >= {minimum}, got {text!r}.")
+        raise ValueError(
+            f"`--{name}` must list distinct ints >= {minimum}, got {text!r}."
+        )
     return values
 
 
@@ -152,10 +222,16 @@ def resolve(args):
     for key, value in table.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.name = args.name or ("convergence_quick" if args.quick else "convergence_regime")
+    args.name = args.name or (
+        "convergence_quick" if args.quick else "convergence_regime"
+    )
     args.backend = args.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
     text = str(args.seeds)
-    args.seeds = list(range(_ints(text, "seeds")[0])) if "," not in text else _ints(text, "seeds", minimum=0)
+    args.seeds = (
+        list(range(_ints(text, "seeds")[0]))
+        if "," not in text
+        else _ints(text, "seeds", minimum=0)
+    )
     args.sampling_steps = _ints(args.sampling_steps, "sampling-steps")
     steps = {}
     for part in str(args.steps).split(","):
@@ -166,21 +242,29 @@ def resolve(args):
     args.steps = steps
     args.eval_steps = {s: eval_schedule(args.eval_every, n) for s, n in steps.items()}
     sizes = _ints(args.sizes, "sizes") if args.sizes else list(run_lib.SIZES)
-    families = [f.strip() for f in args.families.split(",")] if args.families else list(run_lib.FAMILIES)
+    families = (
+        [f.strip() for f in args.families.split(",")]
+        if args.families
+        else list(run_lib.FAMILIES)
+    )
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
     for size in sizes:
         if size not in run_lib.SIZES:
             raise ValueError(f"`--sizes`: {size} is not one of {run_lib.SIZES}.")
     for family in families:
         if family not in run_lib.FAMILIES:
-            raise ValueError(f"`--families`: {family!r} is not one of {run_lib.FAMILIES}.")
+            raise ValueError(
+                f"`--families`: {family!r} is not one of {run_lib.FAMILIES}."
+            )
     for arm in arms or []:
         if arm not in run_lib.ARM_NAMES:
             raise ValueError(f"`--arms`: {arm!r} is not one of {run_lib.ARM_NAMES}.")
     grid = run_lib.DEFAULT_GRID
     if arms is not None:
         # Explicit arms: every selected size and family gets them.
-        grid = [(s, f, a) for s in run_lib.SIZES for f in run_lib.FAMILIES for a in arms]
+        grid = [
+            (s, f, a) for s in run_lib.SIZES for f in run_lib.FAMILIES for a in arms
+        ]
     args.cells = [c for c in grid if c[0] in sizes and c[1] in families]
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError("`--num-samples` and `--batch-size` must be >= 1.")
@@ -193,7 +277,9 @@ def configure_backend(args):
     import keras
 
     if keras.backend.backend() != args.backend:
-        raise RuntimeError(f"Keras was imported with backend {keras.backend.backend()!r}.")
+        raise RuntimeError(
+            f"Keras was imported with backend {keras.backend.backend()!r}."
+        )
     if args.threads and args.backend == "tensorflow":
         import tensorflow as tf
 
@@ -255,13 +341,17 @@ def main(argv=None):
     ]
     # Seeds inside cells' groups: for each (size, family), seed by seed,
     # every arm in turn, so a partial grid holds complete seed pairs.
-    todo.sort(key=lambda r: (
-        [c[:2] for c in args.cells].index(r[:2]),
-        r[2] not in ("vanilla", "linear", "knn4"),
-        r[3],
-        [c[2] for c in args.cells if c[:2] == r[:2]].index(r[2]),
-    ))
-    print(f"{len(todo)} runs to do ({len(done)} already complete) -> {path}", flush=True)
+    todo.sort(
+        key=lambda r: (
+            [c[:2] for c in args.cells].index(r[:2]),
+            r[2] not in ("vanilla", "linear", "knn4"),
+            r[3],
+            [c[2] for c in args.cells if c[:2] == r[:2]].index(r[2]),
+        )
+    )
+    print(
+        f"{len(todo)} runs to do ({len(done)} already complete) -> {path}", flush=True
+    )
     pool = run_lib.ModelPool(args)
     data, evaluators = {}, {}
     for size, family, arm, seed in todo:
@@ -270,13 +360,21 @@ def main(argv=None):
             evaluators[size] = run_lib.Evaluator(data[size][1], size, args)
         start = time.perf_counter()
         records = run_lib.run_one(
-            size, family, arm, seed, args, data[size], evaluators[size], pool,
+            size,
+            family,
+            arm,
+            seed,
+            args,
+            data[size],
+            evaluators[size],
+            pool,
             lambda m: print(m, flush=True),
         )
         records_file.append(records)
         print(
             f"{size}px {family} {arm} seed {seed} done in {time.perf_counter() - start:.0f} s "
-            f"({datetime.datetime.now():%H:%M})", flush=True,
+            f"({datetime.datetime.now():%H:%M})",
+            flush=True,
         )
 
 

@@ -41,14 +41,21 @@ def curves(records):
     grouped = {}
     for r in data_records(records):
         key = (
-            r["image_size"], r["family"], arm_label(r),
-            r.get("initial_noise", "standard"), r["sampling_steps"], r["seed"],
+            r["image_size"],
+            r["family"],
+            arm_label(r),
+            r.get("initial_noise", "standard"),
+            r["sampling_steps"],
+            r["seed"],
         )
         grouped.setdefault(key, {})[r["step"]] = r["fid"]
     out = {}
     for key, by_step in grouped.items():
         steps = np.array(sorted(by_step), dtype="float64")
-        out[key] = (steps, np.array([by_step[s] for s in sorted(by_step)], dtype="float64"))
+        out[key] = (
+            steps,
+            np.array([by_step[s] for s in sorted(by_step)], dtype="float64"),
+        )
     return out
 
 
@@ -94,7 +101,11 @@ def speedups(records, tolerance=0.0, final_window=1):
         if arm == "vanilla":
             continue
         vanilla = data.get((size, family, "vanilla", "standard", sampling, seed))
-        if vanilla is None or len(vanilla[0]) != len(steps) or np.any(vanilla[0] != steps):
+        if (
+            vanilla is None
+            or len(vanilla[0]) != len(steps)
+            or np.any(vanilla[0] != steps)
+        ):
             continue
         final = final_quality(vanilla[1], final_window)
         target = (1.0 + tolerance) * final
@@ -131,7 +142,9 @@ def summarize(rows):
         "final_ratio": float(np.median([r["final_ratio"] for r in rows])),
         "final_ratio_min": float(min(r["final_ratio"] for r in rows)),
         "final_ratio_max": float(max(r["final_ratio"] for r in rows)),
-        "reaches_goal": int(sum(1 for r in rows if r["speedup"] >= GOAL and r["kind"] in ("", ">"))),
+        "reaches_goal": int(
+            sum(1 for r in rows if r["speedup"] >= GOAL and r["kind"] in ("", ">"))
+        ),
     }
 
 
@@ -145,7 +158,9 @@ def assignment_gains(records):
             last[key] = r
     gains = {}
     for (size, family, arm, _), r in last.items():
-        gains.setdefault((size, family, arm), []).append(r.get("assignment_gain") or 0.0)
+        gains.setdefault((size, family, arm), []).append(
+            r.get("assignment_gain") or 0.0
+        )
     return {key: float(np.mean(v)) for key, v in gains.items()}
 
 
@@ -160,5 +175,11 @@ def mean_curves(records):
         steps = runs[0][0]
         runs = [f for s, f in runs if len(s) == len(steps) and np.all(s == steps)]
         stack = np.log(np.stack(runs))
-        out[key] = (steps, np.exp(stack.mean(0)), np.exp(stack.min(0)), np.exp(stack.max(0)), len(runs))
+        out[key] = (
+            steps,
+            np.exp(stack.mean(0)),
+            np.exp(stack.min(0)),
+            np.exp(stack.max(0)),
+            len(runs),
+        )
     return out

@@ -11,8 +11,6 @@ min-max band) and <stem>_speedup_vs_gain.png.
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import convergence_analysis as analysis  # noqa: E402
@@ -30,7 +28,9 @@ def _fmt_speedup(summary):
     prefix = ""
     if 2 * summary["censored"] >= summary["seeds"] and summary["kinds"] in ("<", ">"):
         prefix = summary["kinds"]
-    text = f"{prefix}{summary['median']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+    text = (
+        f"{prefix}{summary['median']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+    )
     if summary["censored"]:
         text += f" ({summary['censored']}/{summary['seeds']} {summary['kinds']})"
     return text
@@ -75,14 +75,24 @@ def markdown(records):
         "training noise; the speed-up is still against vanilla sampled from N(0, I).",
         "",
     ]
-    header = "| size | family | arm | noise | gain | " + " | ".join(
-        f"speed-up @{s} steps" for s in samplings
-    ) + " | " + " | ".join(f"final ratio @{s}" for s in samplings) + " |"
+    header = (
+        "| size | family | arm | noise | gain | "
+        + " | ".join(f"speed-up @{s} steps" for s in samplings)
+        + " | "
+        + " | ".join(f"final ratio @{s}" for s in samplings)
+        + " |"
+    )
     lines += [header, "|" + "---|" * (5 + 2 * len(samplings))]
     cells = sorted({k[:4] for k in summaries}, key=lambda k: _order(k + (0,)))
     goal_cells = []
     for cell in cells:
-        row = [f"{cell[0]}", cell[1], cell[2], cell[3], f"{100 * gains.get(cell[:3], 0):.1f}%"]
+        row = [
+            f"{cell[0]}",
+            cell[1],
+            cell[2],
+            cell[3],
+            f"{100 * gains.get(cell[:3], 0):.1f}%",
+        ]
         ratios = []
         for s in samplings:
             summary = summaries.get(cell + (s,))
@@ -103,7 +113,9 @@ def markdown(records):
         "Compact (the README's table): median speed-up over seeds at 5 / 10 / 20 / 50 "
         "sampler steps, `<` where the median is a censored bound; N(0, I) sampling.",
         "",
-        "| size | family | arm | gain | seeds | " + " | ".join(f"@{s}" for s in samplings) + " |",
+        "| size | family | arm | gain | seeds | "
+        + " | ".join(f"@{s}" for s in samplings)
+        + " |",
         "|" + "---|" * (5 + len(samplings)),
     ]
     for cell in cells:
@@ -116,21 +128,32 @@ def markdown(records):
             if f is None:
                 values.append("")
                 continue
-            prefix = f["kinds"] if 2 * f["censored"] >= f["seeds"] and f["kinds"] in ("<", ">") else ""
+            prefix = (
+                f["kinds"]
+                if 2 * f["censored"] >= f["seeds"] and f["kinds"] in ("<", ">")
+                else ""
+            )
             values.append(f"{prefix}{f['median']:.2f}")
         lines.append(
             f"| {cell[0]}x{cell[0]} | {cell[1]} | {cell[2]} | "
-            f"{100 * gains.get(cell[:3], 0):.1f}% | {seeds} | " + " | ".join(values) + " |"
+            f"{100 * gains.get(cell[:3], 0):.1f}% | {seeds} | "
+            + " | ".join(values)
+            + " |"
         )
     lines += [
         "",
         "Cells reaching the goal (median speed-up >= 2, no censored seed): "
-        + (", ".join(f"{c[0]}px {c[1]} {c[2]} ({c[3]}) @{c[4]}" for c in goal_cells) or "none")
+        + (
+            ", ".join(f"{c[0]}px {c[1]} {c[2]} ({c[3]}) @{c[4]}" for c in goal_cells)
+            or "none"
+        )
         + ".",
         "",
         "## Final FID (geometric mean over seeds [min, max])",
         "",
-        "| size | family | arm | noise | seeds | " + " | ".join(f"@{s}" for s in samplings) + " |",
+        "| size | family | arm | noise | seeds | "
+        + " | ".join(f"@{s}" for s in samplings)
+        + " |",
         "|" + "---|" * (5 + len(samplings)),
     ]
     for cell in sorted({k[:4] for k in means}, key=lambda k: _order(k + (0,))):
@@ -157,9 +180,11 @@ def markdown(records):
             lines += [
                 f"{size}x{size}, {family}, {s} sampler steps:",
                 "",
-                "| step | " + " | ".join(
+                "| step | "
+                + " | ".join(
                     k[2] + ("" if k[3] == "standard" else f" ({k[3]})") for k in keys
-                ) + " |",
+                )
+                + " |",
                 "|" + "---|" * (1 + len(keys)),
             ]
             for i, step in enumerate(steps):
@@ -194,13 +219,27 @@ def plots(records, output, stem):
     means = analysis.mean_curves(records)
     samplings = sorted({k[4] for k in means})
     paths = []
-    colors = {"vanilla": "k", "linear": "tab:blue", "knn2": "tab:olive", "knn4": "tab:orange", "knn8": "tab:red"}
+    colors = {
+        "vanilla": "k",
+        "linear": "tab:blue",
+        "knn2": "tab:olive",
+        "knn4": "tab:orange",
+        "knn8": "tab:red",
+    }
     for size, family in sorted({k[:2] for k in means}):
-        fig, axes = plt.subplots(1, len(samplings), figsize=(4 * len(samplings), 3.4), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(samplings), figsize=(4 * len(samplings), 3.4), squeeze=False
+        )
         for ax, s in zip(axes[0], samplings):
-            for key in sorted([k for k in means if k[:2] == (size, family) and k[4] == s], key=_order):
+            for key in sorted(
+                [k for k in means if k[:2] == (size, family) and k[4] == s], key=_order
+            ):
                 steps, mean, low, high, n = means[key]
-                label = key[2] + ("" if key[3] == "standard" else f" ({key[3]})") + f", {n} seeds"
+                label = (
+                    key[2]
+                    + ("" if key[3] == "standard" else f" ({key[3]})")
+                    + f", {n} seeds"
+                )
                 style = "-" if key[3] == "standard" else "--"
                 ax.plot(steps, mean, style, color=colors[key[2]], label=label)
                 ax.fill_between(steps, low, high, color=colors[key[2]], alpha=0.12)
@@ -227,13 +266,26 @@ def plots(records, output, stem):
         gain = 100 * gains.get(key[:3], 0.0)
         color = cmap(samplings.index(key[4]) / max(1, len(samplings) - 1))
         ax.errorbar(
-            gain, summary["median"],
-            yerr=[[summary["median"] - summary["min"]], [summary["max"] - summary["median"]]],
-            fmt=markers[key[1]], color=color, alpha=0.8, ms=5,
+            gain,
+            summary["median"],
+            yerr=[
+                [summary["median"] - summary["min"]],
+                [summary["max"] - summary["median"]],
+            ],
+            fmt=markers[key[1]],
+            color=color,
+            alpha=0.8,
+            ms=5,
             mfc="none" if summary["censored"] else color,
         )
     for s in samplings:
-        ax.plot([], [], "o", color=cmap(samplings.index(s) / max(1, len(samplings) - 1)), label=f"{s} sampler steps")
+        ax.plot(
+            [],
+            [],
+            "o",
+            color=cmap(samplings.index(s) / max(1, len(samplings) - 1)),
+            label=f"{s} sampler steps",
+        )
     ax.plot([], [], "ko", label="ddim")
     ax.plot([], [], "ks", label="flow")
     ax.plot([], [], "ko", mfc="none", label="censored seeds")
@@ -267,4 +319,8 @@ if __name__ == "__main__":
     source = sys.argv[1]
     with open(source) as f:
         records = json.load(f)
-    write(records, os.path.dirname(source) or ".", os.path.splitext(os.path.basename(source))[0])
+    write(
+        records,
+        os.path.dirname(source) or ".",
+        os.path.splitext(os.path.basename(source))[0],
+    )

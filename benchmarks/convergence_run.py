@@ -324,8 +324,11 @@ def run_one(image_size, family, arm, seed, args, data, evaluator, pool, log):
         start = time.perf_counter()
         cpu = time.process_time()
         history = model.fit(
-            stream.take(batches), batch_size=args.batch_size, epochs=1,
-            shuffle=False, verbose=0,
+            stream.take(batches),
+            batch_size=args.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
         )
         train_seconds = time.perf_counter() - start
         train_cpu = time.process_time() - cpu
@@ -356,8 +359,12 @@ def run_one(image_size, family, arm, seed, args, data, evaluator, pool, log):
         for initial_noise, fids in results.items():
             for sampling_steps, fid in fids.items():
                 records.append(
-                    dict(common, sampling_steps=sampling_steps, fid=fid,
-                         initial_noise=initial_noise)
+                    dict(
+                        common,
+                        sampling_steps=sampling_steps,
+                        fid=fid,
+                        initial_noise=initial_noise,
+                    )
                 )
         fids = " ".join(f"{s}:{v:.2f}" for s, v in results["standard"].items())
         matched = results.get("matched")

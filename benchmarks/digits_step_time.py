@@ -38,7 +38,9 @@ def main():
         keras.utils.set_random_seed(0)
         net = ki.layers.UNet(image_shape=(8, 8, 1), widths=(32, 64), block_depth=2)
         model = ki.ImmiscibleDiffusion(net, assignment=assignment, seed=0)
-        model.compile(optimizer=keras.optimizers.AdamW(1e-3, use_ema=True, ema_momentum=0.99))
+        model.compile(
+            optimizer=keras.optimizers.AdamW(1e-3, use_ema=True, ema_momentum=0.99)
+        )
         model.fit(images[: 2 * b], batch_size=b, epochs=1, verbose=0)
         models[name] = model
     times = {name: [] for name in arms}
@@ -61,9 +63,14 @@ def main():
     vanilla = float(np.median(times["vanilla"]))
     for name in arms:
         median = float(np.median(times[name]))
-        record = {"method": name, "backend": keras.backend.backend(),
-                  "batch_size": b, "median_ms": median,
-                  "ratio": median / vanilla, "epoch_ms_per_step": times[name]}
+        record = {
+            "method": name,
+            "backend": keras.backend.backend(),
+            "batch_size": b,
+            "median_ms": median,
+            "ratio": median / vanilla,
+            "epoch_ms_per_step": times[name],
+        }
         records.append(record)
         print(json.dumps(record))
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)

@@ -27,10 +27,12 @@ FAMILIES = ("diffusion", "flow_matching", "consistency")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", default="torch",
-                        choices=("tensorflow", "jax", "torch"))
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES),
-                        choices=FAMILIES)
+    parser.add_argument(
+        "--backend", default="torch", choices=("tensorflow", "jax", "torch")
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES
+    )
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=600)
@@ -43,16 +45,19 @@ def parse_args(argv=None):
 def build(family, assignment, seed, total_steps):
     import keras_immiscible as ki
 
-    network = ki.layers.UNet(image_shape=(8, 8, 1), widths=(32, 64),
-                             block_depth=2)
+    network = ki.layers.UNet(image_shape=(8, 8, 1), widths=(32, 64), block_depth=2)
     if family == "diffusion":
-        return ki.ImmiscibleDiffusion(network, assignment=assignment,
-                                      seed=seed), {"ddim30": 30}
+        return ki.ImmiscibleDiffusion(network, assignment=assignment, seed=seed), {
+            "ddim30": 30
+        }
     if family == "flow_matching":
-        return ki.ImmiscibleFlowMatching(network, assignment=assignment,
-                                         seed=seed), {"euler30": 30}
+        return ki.ImmiscibleFlowMatching(network, assignment=assignment, seed=seed), {
+            "euler30": 30
+        }
     model = ki.ImmiscibleConsistency(
-        network, assignment=assignment, total_training_steps=total_steps,
+        network,
+        assignment=assignment,
+        total_training_steps=total_steps,
         seed=seed,
     )
     return model, {"1step": 1, "2step": 2}
@@ -74,18 +79,20 @@ def main(argv=None):
     test = ki.data.load_digits(split="test")
     steps_per_epoch = len(train) // args.batch_size
     epochs = max(1, round(args.steps / steps_per_epoch))
-    records = [{
-        "record": "header",
-        "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-        "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "backend": args.backend,
-        "keras": keras.__version__,
-        "train_steps": epochs * steps_per_epoch,
-        "batch_size": args.batch_size,
-        "optimizer": "AdamW(1e-3, use_ema=True, ema_momentum=0.99)",
-        "data": "embedded 8x8 digits, train split; metrics vs the test split",
-    }]
+    records = [
+        {
+            "record": "header",
+            "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
+            "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "backend": args.backend,
+            "keras": keras.__version__,
+            "train_steps": epochs * steps_per_epoch,
+            "batch_size": args.batch_size,
+            "optimizer": "AdamW(1e-3, use_ema=True, ema_momentum=0.99)",
+            "data": "embedded 8x8 digits, train split; metrics vs the test split",
+        }
+    ]
     for family in args.families:
         for seed in args.seeds:
             for arm in args.arms:
@@ -94,19 +101,30 @@ def main(argv=None):
                 model, samplings = build(
                     family, assignment, seed, epochs * steps_per_epoch
                 )
-                model.compile(optimizer=keras.optimizers.AdamW(
-                    1e-3, use_ema=True, ema_momentum=0.99))
+                model.compile(
+                    optimizer=keras.optimizers.AdamW(
+                        1e-3, use_ema=True, ema_momentum=0.99
+                    )
+                )
                 start = time.time()
                 history = model.fit(
-                    train, batch_size=args.batch_size, epochs=epochs,
-                    verbose=0, shuffle=True,
+                    train,
+                    batch_size=args.batch_size,
+                    epochs=epochs,
+                    verbose=0,
+                    shuffle=True,
                 )
                 train_s = time.time() - start
                 for name, sampling_steps in samplings.items():
                     scores = ki.metrics.evaluate_generator(
-                        model, test, metrics=("fid", "kid"),
-                        num_images=args.num_samples, steps=sampling_steps,
-                        seed=1234, feature_extractor="digits", verbose=0,
+                        model,
+                        test,
+                        metrics=("fid", "kid"),
+                        num_images=args.num_samples,
+                        steps=sampling_steps,
+                        seed=1234,
+                        feature_extractor="digits",
+                        verbose=0,
                     )
                     record = {
                         "family": family,
@@ -120,7 +138,8 @@ def main(argv=None):
                         "kid": float(scores["kid"]),
                         "final_loss": float(history.history["loss"][-1]),
                         "assignment_gain": float(
-                            history.history["assignment_gain"][-1]),
+                            history.history["assignment_gain"][-1]
+                        ),
                         "train_seconds": round(train_s, 1),
                     }
                     records.append(record)
@@ -158,8 +177,11 @@ def table(records):
         if key not in keys:
             keys.append(key)
     for family, sampler, method in keys:
-        sel = [r for r in rows if (r["family"], r["sampler"], r["method"])
-               == (family, sampler, method)]
+        sel = [
+            r
+            for r in rows
+            if (r["family"], r["sampler"], r["method"]) == (family, sampler, method)
+        ]
         fids = [r["fid"] for r in sel]
         kids = [r["kid"] for r in sel]
         gain = np.mean([r["assignment_gain"] for r in sel])

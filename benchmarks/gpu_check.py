@@ -46,9 +46,12 @@ def main():
     parser.add_argument("--train-batches", default="128")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true",
-                        help="B=64,128, 2 repeats, no training: checks the "
-                        "script end to end (e.g. on a CPU)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="B=64,128, 2 repeats, no training: checks the "
+        "script end to end (e.g. on a CPU)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeats, args.skip_train = "64,128", 2, True
@@ -102,7 +105,8 @@ def main():
         cost_np = -2.0 * images @ noise.T
         cost = jax.device_put(cost_np)
         rows, cols = scipy.optimize.linear_sum_assignment(
-            reduce_cost(cost_np.astype(np.float64)))
+            reduce_cost(cost_np.astype(np.float64))
+        )
         optimum = cost_np[rows, cols].sum()
         identity = np.trace(cost_np)
 
@@ -114,48 +118,88 @@ def main():
 
         t_scipy = median_time(
             lambda: scipy.optimize.linear_sum_assignment(
-                reduce_cost(cost_np.astype(np.float64))), repeats, lambda x: x
+                reduce_cost(cost_np.astype(np.float64))
+            ),
+            repeats,
+            lambda x: x,
         )
-        emit({"method": "scipy (host, reduced cost)", "batch_size": b,
-              "dims": args.dims, "median_ms": t_scipy, "gap": 0.0})
+        emit(
+            {
+                "method": "scipy (host, reduced cost)",
+                "batch_size": b,
+                "dims": args.dims,
+                "median_ms": t_scipy,
+                "gap": 0.0,
+            }
+        )
         t_auction = median_time(lambda: auction(cost), repeats, sync)
         columns, info = auction_info(cost)
-        emit({"method": "auction (XLA)", "batch_size": b, "dims": args.dims,
-              "median_ms": t_auction, "gap": gap(auction(cost)),
-              "rounds": int(info["rounds"]),
-              "tail_steps": int(info["tail_steps"]),
-              "gap_bound": float(info["gap_bound"]),
-              "converged": bool(info["converged"]),
-              "vs_scipy": t_auction / t_scipy})
+        emit(
+            {
+                "method": "auction (XLA)",
+                "batch_size": b,
+                "dims": args.dims,
+                "median_ms": t_auction,
+                "gap": gap(auction(cost)),
+                "rounds": int(info["rounds"]),
+                "tail_steps": int(info["tail_steps"]),
+                "gap_bound": float(info["gap_bound"]),
+                "converged": bool(info["converged"]),
+                "vs_scipy": t_auction / t_scipy,
+            }
+        )
         # Whole LinearAssignment on device data: cost matmul + auction + gather.
         x_dev = jax.device_put(images.reshape(b, 32, 32, 3))
         for name, assigner in [
             ("LinearAssignment(auction)", ki.assignment.LinearAssignment("auction")),
-            ("LinearAssignment(scipy) via pure_callback", ki.assignment.LinearAssignment("scipy")),
+            (
+                "LinearAssignment(scipy) via pure_callback",
+                ki.assignment.LinearAssignment("scipy"),
+            ),
             ("KNNSelection(k=4)", ki.assignment.KNNSelection(4)),
             ("KNNSelection(k=8)", ki.assignment.KNNSelection(8)),
         ]:
-            step = jax.jit(lambda x, key, a=assigner: a(x, seed=key, return_change=True))
+            step = jax.jit(
+                lambda x, key, a=assigner: a(x, seed=key, return_change=True)
+            )
             key = jax.random.PRNGKey(0)  # keras accepts a JAX key as seed
             try:
                 t = median_time(lambda: step(x_dev, key), repeats, sync)
                 change = float(step(x_dev, key)[1])
-                emit({"method": name, "batch_size": b, "dims": args.dims,
-                      "median_ms": t, "distance_change": change})
+                emit(
+                    {
+                        "method": name,
+                        "batch_size": b,
+                        "dims": args.dims,
+                        "median_ms": t,
+                        "distance_change": change,
+                    }
+                )
             except Exception as e:  # noqa: BLE001
                 emit({"method": name, "batch_size": b, "error": repr(e)[:300]})
         if hungarian is not None and b <= 1024:
             try:
-                t_h = median_time(lambda: hungarian(cost), min(3, repeats),
-                                  sync)
+                t_h = median_time(lambda: hungarian(cost), min(3, repeats), sync)
                 r, c = hungarian(cost)
                 columns = np.empty(b, int)
                 columns[np.asarray(r)] = np.asarray(c)
-                emit({"method": "optax hungarian (XLA)", "batch_size": b,
-                      "dims": args.dims, "median_ms": t_h, "gap": gap(columns)})
+                emit(
+                    {
+                        "method": "optax hungarian (XLA)",
+                        "batch_size": b,
+                        "dims": args.dims,
+                        "median_ms": t_h,
+                        "gap": gap(columns),
+                    }
+                )
             except Exception as e:  # noqa: BLE001
-                emit({"method": "optax hungarian (XLA)", "batch_size": b,
-                      "error": repr(e)[:300]})
+                emit(
+                    {
+                        "method": "optax hungarian (XLA)",
+                        "batch_size": b,
+                        "error": repr(e)[:300],
+                    }
+                )
 
     if args.skip_train:
         return
@@ -183,9 +227,15 @@ def main():
                 epochs.append((time.perf_counter() - start) / steps)
             epochs.sort()
             results[name] = 1000.0 * epochs[2]
-            emit({"method": name, "batch_size": b, "image_shape": [32, 32, 3],
-                  "median_step_ms": results[name],
-                  "ratio": results[name] / results["vanilla"]})
+            emit(
+                {
+                    "method": name,
+                    "batch_size": b,
+                    "image_shape": [32, 32, 3],
+                    "median_step_ms": results[name],
+                    "ratio": results[name] / results["vanilla"],
+                }
+            )
 
 
 if __name__ == "__main__":

@@ -60,17 +60,19 @@ BACKGROUND = -0.95
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="8,16,32",
-                        help="digits image sizes (8, 16, 32)")
-    parser.add_argument("--ks", default="1,2,4,8",
-                        help="candidates per image; k=1 is plain noise")
+    parser.add_argument(
+        "--sizes", default="8,16,32", help="digits image sizes (8, 16, 32)"
+    )
+    parser.add_argument(
+        "--ks", default="1,2,4,8", help="candidates per image; k=1 is plain noise"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="jax",
-                        choices=("jax", "tensorflow", "torch"))
-    parser.add_argument("--output-dir", default=os.path.join("docs",
-                                                             "benchmarks"))
+    parser.add_argument(
+        "--backend", default="jax", choices=("jax", "tensorflow", "torch")
+    )
+    parser.add_argument("--output-dir", default=os.path.join("docs", "benchmarks"))
     parser.add_argument("--name", default="knn_marginal")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -99,12 +101,14 @@ def measure(images, k, args, size):
     start = time.perf_counter()
     for index in range(args.batches):
         rng = np.random.default_rng([args.seed, index])
-        batch = images[rng.choice(len(images), args.batch_size,
-                                  replace=args.batch_size > len(images))]
+        batch = images[
+            rng.choice(
+                len(images), args.batch_size, replace=args.batch_size > len(images)
+            )
+        ]
         # One noise seed per (size, k, batch): the cells are independent.
-        seed = (args.seed * 1_000_003 + size * 10_007 + k * 101 + index)
-        noise, change = assigner(batch, seed=seed % (2 ** 31),
-                                 return_change=True)
+        seed = args.seed * 1_000_003 + size * 10_007 + k * 101 + index
+        noise, change = assigner(batch, seed=seed % (2**31), return_change=True)
         noise = ops.convert_to_numpy(noise).astype(np.float64)
         total += noise.sum(axis=0)
         total_sq += np.square(noise).sum(axis=0)
@@ -123,18 +127,20 @@ def measure(images, k, args, size):
         "mean_min": float(mean.min()),
         "mean_max": float(mean.max()),
         "mean_rms": float(np.sqrt(np.mean(np.square(mean)))),
-        "mean_rms_excess": float(np.sqrt(max(
-            np.mean(np.square(mean)) - np.mean(np.square(std)) / count, 0.0
-        ))),
+        "mean_rms_excess": float(
+            np.sqrt(
+                max(np.mean(np.square(mean)) - np.mean(np.square(std)) / count, 0.0)
+            )
+        ),
         "shift_norm": None,
         "std_avg": float(std.mean()),
         "std_min": float(std.min()),
         "std_max": float(std.max()),
         "background_pixels": int(background.sum()),
-        "background_mean": (float(mean[background].mean())
-                            if background.any() else None),
-        "corr_data_mean": float(np.corrcoef(mean.ravel(),
-                                            data_mean.ravel())[0, 1]),
+        "background_mean": (
+            float(mean[background].mean()) if background.any() else None
+        ),
+        "corr_data_mean": float(np.corrcoef(mean.ravel(), data_mean.ravel())[0, 1]),
         "assignment_gain": float(np.mean(gains)),
         "seconds": time.perf_counter() - start,
     }
@@ -172,8 +178,11 @@ def write_table(path, head, rows, args):
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        bg = ("-" if r["background_mean"] is None
-              else f"{r['background_mean']:+.3f} ({r['background_pixels']})")
+        bg = (
+            "-"
+            if r["background_mean"] is None
+            else f"{r['background_mean']:+.3f} ({r['background_pixels']})"
+        )
         lines.append(
             f"| {r['image_size']}x{r['image_size']} | {r['k']} | "
             f"{r['mean_avg']:+.4f} | {r['mean_min']:+.3f} | "
@@ -201,10 +210,14 @@ def main(argv=None):
 
     from keras_immiscible.data import load_digits
 
-    head = _common.header("knn_marginal", backend=keras.backend.backend(),
-                          versions=_common.versions(),
-                          batch_size=args.batch_size, batches=args.batches,
-                          seed=args.seed)
+    head = _common.header(
+        "knn_marginal",
+        backend=keras.backend.backend(),
+        versions=_common.versions(),
+        batch_size=args.batch_size,
+        batches=args.batches,
+        seed=args.seed,
+    )
     records = [head]
     out = os.path.join(args.output_dir, args.name)
     for size in args.sizes:
@@ -212,10 +225,13 @@ def main(argv=None):
         for k in args.ks:
             record = measure(images, k, args, size)
             records.append(record)
-            print(f"size={size} k={k} mean_avg={record['mean_avg']:+.4f} "
-                  f"mean_rms={record['mean_rms']:.4f} "
-                  f"std_avg={record['std_avg']:.4f} "
-                  f"gain={100 * record['assignment_gain']:.2f}%", flush=True)
+            print(
+                f"size={size} k={k} mean_avg={record['mean_avg']:+.4f} "
+                f"mean_rms={record['mean_rms']:.4f} "
+                f"std_avg={record['std_avg']:.4f} "
+                f"gain={100 * record['assignment_gain']:.2f}%",
+                flush=True,
+            )
             _common.write_json(out + ".json", records)
     write_table(out + ".md", head, records[1:], args)
     print(f"wrote {out}.json, {out}.md")

@@ -114,32 +114,90 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--arms", default=None, help=f"arms among {', '.join(ARMS)} (default: all).")
-    parser.add_argument("--seeds", default=None, help=f"a count N or a comma list (default: {DEFAULTS['seeds']}).")
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps (default: {DEFAULTS['steps']}).")
     parser.add_argument(
-        "--eval-every", default=None,
+        "--arms", default=None, help=f"arms among {', '.join(ARMS)} (default: all)."
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help=f"a count N or a comma list (default: {DEFAULTS['seeds']}).",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps (default: {DEFAULTS['steps']}).",
+    )
+    parser.add_argument(
+        "--eval-every",
+        default=None,
         help=f"evaluation interval, N or 'N1@S1,N2' (default: {DEFAULTS['eval_every']}).",
     )
-    parser.add_argument("--num-samples", type=int, default=None, help=f"samples per evaluation (default: {DEFAULTS['num_samples']}).")
     parser.add_argument(
-        "--sampling-steps", default=None,
+        "--num-samples",
+        type=int,
+        default=None,
+        help=f"samples per evaluation (default: {DEFAULTS['num_samples']}).",
+    )
+    parser.add_argument(
+        "--sampling-steps",
+        default=None,
         help=f"Euler step counts of every evaluation (default: {DEFAULTS['sampling_steps']}).",
     )
-    parser.add_argument("--sampling-seed", type=int, default=1234, help="seed of the evaluation noise and labels (default: 1234).")
     parser.add_argument(
-        "--skew-batches", type=int, default=None,
+        "--sampling-seed",
+        type=int,
+        default=1234,
+        help="seed of the evaluation noise and labels (default: 1234).",
+    )
+    parser.add_argument(
+        "--skew-batches",
+        type=int,
+        default=None,
         help="training batches the class-prior skew is measured on (default: all of them).",
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128).")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3).")
-    parser.add_argument("--ema-momentum", type=float, default=0.99, help="EMA momentum (default: 0.99).")
-    parser.add_argument("--ema-warmup", type=float, default=10.0, help="EMA warm-up constant (default: 10).")
-    parser.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"), help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
-    parser.add_argument("--threads", type=int, default=None, help="TensorFlow intra- and inter-op threads (default: TensorFlow's choice).")
-    parser.add_argument("--output", default=None, help="output folder (default: docs/benchmarks; --quick: a new temporary folder).")
-    parser.add_argument("--append", action="store_true", help="add to an existing records file, skipping complete runs.")
-    parser.add_argument("--report", action="store_true", help="do not train: rebuild the report from the records.")
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="batch size (default: 128)."
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)."
+    )
+    parser.add_argument(
+        "--ema-momentum", type=float, default=0.99, help="EMA momentum (default: 0.99)."
+    )
+    parser.add_argument(
+        "--ema-warmup",
+        type=float,
+        default=10.0,
+        help="EMA warm-up constant (default: 10).",
+    )
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("tensorflow", "jax", "torch"),
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="TensorFlow intra- and inter-op threads (default: TensorFlow's choice).",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="output folder (default: docs/benchmarks; --quick: a new temporary folder).",
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add to an existing records file, skipping complete runs.",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="do not train: rebuild the report from the records.",
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test.")
     args = parser.parse_args(argv)
     return resolve(args)
@@ -152,27 +210,35 @@ def resolve(args):
             setattr(args, key, value)
     if args.output is None:
         args.output = (
-            tempfile.mkdtemp(prefix="per_class_quick_") if args.quick
+            tempfile.mkdtemp(prefix="per_class_quick_")
+            if args.quick
             else os.path.join("docs", "benchmarks")
         )
     args.backend = args.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
     text = str(args.seeds)
     args.seeds = (
-        list(range(convergence._ints(text, "seeds")[0])) if "," not in text
+        list(range(convergence._ints(text, "seeds")[0]))
+        if "," not in text
         else convergence._ints(text, "seeds", minimum=0)
     )
     args.sampling_steps = convergence._ints(args.sampling_steps, "sampling-steps")
     if args.steps < 1:
         raise ValueError(f"`--steps` must be >= 1, got {args.steps}.")
     args.eval_steps = convergence.eval_schedule(args.eval_every, args.steps)
-    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else list(ARMS)
+    args.arms = (
+        [a.strip() for a in args.arms.split(",") if a.strip()]
+        if args.arms
+        else list(ARMS)
+    )
     for arm in args.arms:
         if arm not in ARMS:
             raise ValueError(f"`--arms`: {arm!r} is not one of {ARMS}.")
     if args.skew_batches is None:
         args.skew_batches = args.steps
     if args.num_samples < 1 or args.batch_size < 1 or args.skew_batches < 1:
-        raise ValueError("`--num-samples`, `--batch-size` and `--skew-batches` must be >= 1.")
+        raise ValueError(
+            "`--num-samples`, `--batch-size` and `--skew-batches` must be >= 1."
+        )
     return args
 
 
@@ -270,8 +336,11 @@ class LabelledEvaluator(run_lib.Evaluator):
             for steps in self.args.sampling_steps:
                 self.fid.reset_generated()
                 images = model.generate(
-                    self.args.num_samples, steps=steps,
-                    seed=self.args.sampling_seed, labels=self.labels, verbose=0,
+                    self.args.num_samples,
+                    steps=steps,
+                    seed=self.args.sampling_seed,
+                    labels=self.labels,
+                    verbose=0,
                 )
                 update_metrics([self.fid], images, "generated", "generated_images")
                 out[steps] = float(self.fid.result())
@@ -318,11 +387,13 @@ def class_noise_statistics(assigner, images, labels, batches, batch_size, seed):
         if assigner is None:
             noise = candidates
         else:
-            noise = keras.ops.convert_to_numpy(assigner.assign(
-                keras.ops.convert_to_tensor(x),
-                keras.ops.convert_to_tensor(candidates),
-                labels=keras.ops.convert_to_tensor(y),
-            )).astype("float64")
+            noise = keras.ops.convert_to_numpy(
+                assigner.assign(
+                    keras.ops.convert_to_tensor(x),
+                    keras.ops.convert_to_tensor(candidates),
+                    labels=keras.ops.convert_to_tensor(y),
+                )
+            ).astype("float64")
         np.add.at(sums, y, noise)
         np.add.at(squares, y, (noise**2).sum(1))
         np.add.at(counts, y, 1)
@@ -331,14 +402,16 @@ def class_noise_statistics(assigner, images, labels, batches, batch_size, seed):
         n = max(counts[c], 1.0)
         mean = sums[c] / n
         shift2 = float(mean @ mean)
-        out.append({
-            "class": c,
-            "count": int(counts[c]),
-            "shift": shift2**0.5,
-            "excess": max(shift2 - dims / n, 0.0) ** 0.5,
-            "toward": float(mean @ direction[c]),
-            "sq_norm": float(squares[c] / n / dims),
-        })
+        out.append(
+            {
+                "class": c,
+                "count": int(counts[c]),
+                "shift": shift2**0.5,
+                "excess": max(shift2 - dims / n, 0.0) ** 0.5,
+                "toward": float(mean @ direction[c]),
+                "sq_norm": float(squares[c] / n / dims),
+            }
+        )
     return out
 
 
@@ -368,8 +441,12 @@ def run_one(arm, seed, args, data, evaluator, pool, log):
         start = time.perf_counter()
         cpu = time.process_time()
         history = model.fit(
-            images[index], labels[index], batch_size=args.batch_size, epochs=1,
-            shuffle=False, verbose=0,
+            images[index],
+            labels[index],
+            batch_size=args.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
         )
         train_seconds = time.perf_counter() - start
         train_cpu = time.process_time() - cpu
@@ -389,9 +466,14 @@ def run_one(arm, seed, args, data, evaluator, pool, log):
         )
         common.update(run_lib.noise_statistics(model))
         for sampling_steps, fid in fids.items():
-            records.append(dict(
-                common, sampling_steps=sampling_steps, fid=fid, initial_noise="standard"
-            ))
+            records.append(
+                dict(
+                    common,
+                    sampling_steps=sampling_steps,
+                    fid=fid,
+                    initial_noise="standard",
+                )
+            )
         text = " ".join(f"{s}:{v:.2f}" for s, v in fids.items())
         log(
             f"  {arm} seed {seed} step {step}: fid {text}  gain {common['assignment_gain']:.4f}"
@@ -407,7 +489,9 @@ def run_one(arm, seed, args, data, evaluator, pool, log):
         make_assigner(arm), images, labels, args.skew_batches, args.batch_size, seed
     )
     for s in stats:
-        records.append(dict(common_run, kind="class_noise", batches=args.skew_batches, **s))
+        records.append(
+            dict(common_run, kind="class_noise", batches=args.skew_batches, **s)
+        )
     log(
         f"  {arm} seed {seed}: class noise shift {_mean(s['shift'] for s in stats):.4f}"
         f" excess {_mean(s['excess'] for s in stats):.4f}"
@@ -438,7 +522,8 @@ def completed(records, eval_steps):
     """(arm, seed) of the runs complete in `records`: FID at the final
     evaluation step and the class-noise records."""
     final = {
-        (r["method"], r["seed"]) for r in records
+        (r["method"], r["seed"])
+        for r in records
         if not r.get("header") and "fid" in r and r["step"] == eval_steps[-1]
     }
     skew = {(r["method"], r["seed"]) for r in class_records(records)}
@@ -478,7 +563,9 @@ def _speedup_text(summary):
     prefix = ""
     if 2 * summary["censored"] >= summary["seeds"] and summary["kinds"] in ("<", ">"):
         prefix = summary["kinds"]
-    text = f"{prefix}{summary['median']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+    text = (
+        f"{prefix}{summary['median']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+    )
     if summary["censored"]:
         text += f" ({summary['censored']}/{summary['seeds']} {summary['kinds']})"
     return text
@@ -512,30 +599,44 @@ def markdown(records, expected_seeds=None):
         "",
     ]
     for h in heads:
-        lines.append(f"- run {h.get('invocation')}: `{h['command']}` on {h['machine']}, {h['date']}")
+        lines.append(
+            f"- run {h.get('invocation')}: `{h['command']}` on {h['machine']}, {h['date']}"
+        )
     if heads:
         config = heads[-1]["config"]
         lines += [
             "",
             "Configuration (last run): "
-            + "; ".join(f"{k}: {v}" for k, v in config.items() if k not in ("seeds", "arms")),
+            + "; ".join(
+                f"{k}: {v}" for k, v in config.items() if k not in ("seeds", "arms")
+            ),
         ]
     expected = list(expected_seeds or [])
-    status = ", ".join(f"{a}: {len(seeds_of.get(a, []))} seed(s) {seeds_of.get(a, [])}" for a in ARMS)
-    missing = [
-        (a, s) for a in ARMS for s in expected if s not in seeds_of.get(a, [])
+    status = ", ".join(
+        f"{a}: {len(seeds_of.get(a, []))} seed(s) {seeds_of.get(a, [])}" for a in ARMS
+    )
+    missing = [(a, s) for a in ARMS for s in expected if s not in seeds_of.get(a, [])]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        f"Complete runs (final evaluation at step {final_step}): {status}.",
     ]
-    lines += ["", "## Runs", "", f"Complete runs (final evaluation at step {final_step}): {status}."]
     if missing:
         lines += [
             "",
             f"**The grid is incomplete**: {len(missing)} of {len(ARMS) * len(expected)} runs "
-            "missing (" + ", ".join(f"{a} seed {s}" for a, s in missing) + "). Resume with "
+            "missing ("
+            + ", ".join(f"{a} seed {s}" for a, s in missing)
+            + "). Resume with "
             "`python benchmarks/per_class_assignment.py --append --threads 1`; "
             "the tables below use the complete runs only.",
         ]
     else:
-        lines += ["", f"The grid is complete: {len(ARMS)} arms x {len(expected)} seeds."]
+        lines += [
+            "",
+            f"The grid is complete: {len(ARMS)} arms x {len(expected)} seeds.",
+        ]
     lines += [
         "",
         "Every arm of a seed trains the same class-conditional UNet from the same initial "
@@ -545,14 +646,20 @@ def markdown(records, expected_seeds=None):
         "",
         "## Final FID (median [min, max] over seeds)",
         "",
-        "| arm | seeds | gain | " + " | ".join(f"@{s} Euler steps" for s in samplings) + " |",
+        "| arm | seeds | gain | "
+        + " | ".join(f"@{s} Euler steps" for s in samplings)
+        + " |",
         "|" + "---|" * (3 + len(samplings)),
     ]
     gains = analysis.assignment_gains(
         [r for r in fids if r.get("header") or r["step"] == final_step]
     )
     for arm in arms:
-        row = [arm, str(len(seeds_of[arm])), f"{100 * gains.get((IMAGE_SIZE, FAMILY, arm), 0.0):.2f}%"]
+        row = [
+            arm,
+            str(len(seeds_of[arm])),
+            f"{100 * gains.get((IMAGE_SIZE, FAMILY, arm), 0.0):.2f}%",
+        ]
         for s in samplings:
             values = [complete[k][1][-1] for k in complete if k[2] == arm and k[4] == s]
             row.append(_spread(values) if values else "")
@@ -586,15 +693,22 @@ def markdown(records, expected_seeds=None):
         "median [min, max] over seeds.",
         "",
     ]
-    for baseline, title in (("vanilla", "against no assignment (vanilla)"),
-                            ("linear", "per-class against global (linear)")):
+    for baseline, title in (
+        ("vanilla", "against no assignment (vanilla)"),
+        ("linear", "per-class against global (linear)"),
+    ):
         table = analysis.speedups(_relabel(fids, baseline))
-        table = {k: [r for r in v if r["seed"] in set(all_seeds)] for k, v in table.items()}
+        table = {
+            k: [r for r in v if r["seed"] in set(all_seeds)] for k, v in table.items()
+        }
         lines += [
             f"Speed-up {title}:",
             "",
-            "| arm | " + " | ".join(f"speed-up @{s}" for s in samplings)
-            + " | " + " | ".join(f"final ratio @{s}" for s in samplings) + " |",
+            "| arm | "
+            + " | ".join(f"speed-up @{s}" for s in samplings)
+            + " | "
+            + " | ".join(f"final ratio @{s}" for s in samplings)
+            + " |",
             "|" + "---|" * (1 + 2 * len(samplings)),
         ]
         rows = 0
@@ -650,8 +764,14 @@ def markdown(records, expected_seeds=None):
         shift = [np.mean([c["shift"] for c in v]) for v in per_seed.values()]
         excess = [np.mean([c["excess"] for c in v]) for v in per_seed.values()]
         toward = [np.mean([c["toward"] for c in v]) for v in per_seed.values()]
-        sq_range = [max(c["sq_norm"] for c in v) - min(c["sq_norm"] for c in v) for v in per_seed.values()]
-        baseline = [np.mean([(256 / max(c["count"], 1)) ** 0.5 for c in v]) for v in per_seed.values()]
+        sq_range = [
+            max(c["sq_norm"] for c in v) - min(c["sq_norm"] for c in v)
+            for v in per_seed.values()
+        ]
+        baseline = [
+            np.mean([(256 / max(c["count"], 1)) ** 0.5 for c in v])
+            for v in per_seed.values()
+        ]
         batches = sorted({c["batches"] for v in per_seed.values() for c in v})
         lines.append(
             f"| {arm} | {len(per_seed)} | {','.join(map(str, batches))} | {_spread(shift, 4)} | "
@@ -664,7 +784,9 @@ def markdown(records, expected_seeds=None):
             "",
             "Per class (mean over seeds): shift / toward of each arm.",
             "",
-            "| class | " + " | ".join(f"{a} shift | {a} toward" for a in ARMS if a in by_arm) + " |",
+            "| class | "
+            + " | ".join(f"{a} shift | {a} toward" for a in ARMS if a in by_arm)
+            + " |",
             "|" + "---|" * (1 + 2 * sum(1 for a in ARMS if a in by_arm)),
         ]
         for c in range(NUM_CLASSES):
@@ -741,7 +863,8 @@ def main(argv=None):
             "optimizer": f"ki.optimizers.AdamW(learning_rate={args.lr}), Keras defaults otherwise",
             "ema": f"momentum {args.ema_momentum}, warm-up {args.ema_warmup}",
             "network": f"UNet(image_shape=({IMAGE_SIZE}, {IMAGE_SIZE}, 1), num_classes={NUM_CLASSES}, "
-            + ", ".join(f"{k}={v}" for k, v in run_lib.NETWORKS[IMAGE_SIZE].items()) + ")",
+            + ", ".join(f"{k}={v}" for k, v in run_lib.NETWORKS[IMAGE_SIZE].items())
+            + ")",
             "family": "ImmiscibleFlowMatching: straight path, uniform times, Euler",
             "data": f"ki.data.load_digits(split='train', image_size={IMAGE_SIZE}, return_labels=True)",
             "num_samples": args.num_samples,
@@ -757,19 +880,29 @@ def main(argv=None):
     )
     records_file.append([header])
     # Seed by seed, every arm in turn: a partial grid holds complete seeds.
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
-    print(f"{len(todo)} runs to do ({len(done)} already complete) -> {path}", flush=True)
+    todo = [
+        (arm, seed)
+        for seed in args.seeds
+        for arm in args.arms
+        if (arm, seed) not in done
+    ]
+    print(
+        f"{len(todo)} runs to do ({len(done)} already complete) -> {path}", flush=True
+    )
     if todo:
         data = load_data()
         evaluator = LabelledEvaluator(data[2], args)
         pool = ModelPool(args)
     for arm, seed in todo:
         start = time.perf_counter()
-        records = run_one(arm, seed, args, data, evaluator, pool, lambda m: print(m, flush=True))
+        records = run_one(
+            arm, seed, args, data, evaluator, pool, lambda m: print(m, flush=True)
+        )
         records_file.append(records)
         print(
             f"{arm} seed {seed} done in {time.perf_counter() - start:.0f} s "
-            f"({datetime.datetime.now(datetime.timezone.utc):%H:%M} UTC)", flush=True,
+            f"({datetime.datetime.now(datetime.timezone.utc):%H:%M} UTC)",
+            flush=True,
         )
     write_report(records_file.read(), args.output)
 

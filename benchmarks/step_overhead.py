@@ -56,20 +56,31 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", default="64,128,256")
     parser.add_argument("--backends", default="jax,tensorflow")
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="timed fit calls per arm")
-    parser.add_argument("--steps", type=int, default=3,
-                        help="steps per fit call (the first is not timed)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed fit calls per arm")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="steps per fit call (the first is not timed)",
+    )
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--widths", default=None,
-                        help="UNet widths, e.g. 16,32 (default: UNet's)")
-    parser.add_argument("--block-depth", type=int, default=None,
-                        help="UNet block depth (default: UNet's)")
+    parser.add_argument(
+        "--widths", default=None, help="UNet widths, e.g. 16,32 (default: UNet's)"
+    )
+    parser.add_argument(
+        "--block-depth",
+        type=int,
+        default=None,
+        help="UNet block depth (default: UNet's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="docs/benchmarks")
     parser.add_argument("--name", default="step_overhead")
-    parser.add_argument("--append", action="store_true",
-                        help="add this run's records to an existing JSON")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's records to an existing JSON",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -115,8 +126,10 @@ def describe_network(record):
     kwargs = record.get("network") or {}
     if not kwargs:
         return "default"
-    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}"
-                     for k, v in sorted(kwargs.items()))
+    return ", ".join(
+        f"{k}={tuple(v) if isinstance(v, list) else v}"
+        for k, v in sorted(kwargs.items())
+    )
 
 
 def worker(args):
@@ -145,9 +158,11 @@ def worker(args):
 
     for batch in args.batch_sizes:
         images = make_images(batch * args.steps, args.image_size, args.seed)
-        base = tf.data.Dataset.from_tensor_slices(images).batch(
-            batch, drop_remainder=True
-        ).repeat()
+        base = (
+            tf.data.Dataset.from_tensor_slices(images)
+            .batch(batch, drop_remainder=True)
+            .repeat()
+        )
         models, data = {}, {}
         for arm in args.arms:
             keras.utils.set_random_seed(args.seed)
@@ -159,20 +174,19 @@ def worker(args):
                 "linear_scipy": ki.assignment.LinearAssignment("scipy"),
                 "pipelined": None,
             }[arm]
-            model = ki.ImmiscibleDiffusion(
-                net, assignment=assignment, seed=args.seed
-            )
+            model = ki.ImmiscibleDiffusion(net, assignment=assignment, seed=args.seed)
             model.compile(optimizer=keras.optimizers.AdamW(1e-4))
             if arm == "pipelined":
-                data[arm] = ki.data.with_assigned_noise(
-                    base, "linear", seed=args.seed
-                )
+                data[arm] = ki.data.with_assigned_noise(base, "linear", seed=args.seed)
             else:
                 data[arm] = base.prefetch(tf.data.AUTOTUNE)
             start = time.perf_counter()
             model.fit(data[arm], steps_per_epoch=2, epochs=1, verbose=0)
-            print(f"B={batch} {arm}: compiled and warmed up in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"B={batch} {arm}: compiled and warmed up in "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
             models[arm] = model
 
         times = {arm: [] for arm in args.arms}
@@ -182,48 +196,57 @@ def worker(args):
             for arm in args.arms[shift:] + args.arms[:shift]:
                 clock = StepClock()
                 models[arm].fit(
-                    data[arm], steps_per_epoch=args.steps, epochs=1,
-                    verbose=0, callbacks=[clock],
+                    data[arm],
+                    steps_per_epoch=args.steps,
+                    epochs=1,
+                    verbose=0,
+                    callbacks=[clock],
                 )
                 elapsed = time.perf_counter() - clock.first
                 cpu_used = time.process_time() - clock.cpu_first
                 times[arm].append(1000.0 * elapsed / (args.steps - 1))
                 cpu[arm].append(1000.0 * cpu_used / (args.steps - 1))
-            print(f"B={batch} round {r + 1}: " + ", ".join(
-                f"{arm} {times[arm][-1]:.0f} ms" for arm in args.arms),
-                flush=True)
+            print(
+                f"B={batch} round {r + 1}: "
+                + ", ".join(f"{arm} {times[arm][-1]:.0f} ms" for arm in args.arms),
+                flush=True,
+            )
         vanilla = _common.median(times["vanilla"])
         for arm in args.arms:
             median = _common.median(times[arm])
-            _common.emit({
-                "method": arm,
-                "label": LABELS[arm],
-                "backend": backend,
-                "batch_size": batch,
-                "image_shape": list(shape),
-                "network": {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in network_kwargs(args).items()},
-                "median_ms": median,
-                "ratio": median / vanilla,
-                # Two estimates less sensitive to the shared machine's load:
-                # the fastest rounds (least disturbed), and the median of
-                # the ratios within each round (arms run back to back).
-                "min_ms": min(times[arm]),
-                "ratio_min": min(times[arm]) / min(times["vanilla"]),
-                "ratio_paired": _common.median(
-                    [t / v for t, v in zip(times[arm], times["vanilla"])]
-                ),
-                "round_ms": times[arm],
-                # CPU time of the whole process (all threads, the input
-                # pipeline's included) per step: the work an arm adds, far
-                # less sensitive to other processes than the wall clock.
-                "cpu_ms": _common.median(cpu[arm]),
-                "cpu_ratio": _common.median(cpu[arm])
-                / _common.median(cpu["vanilla"]),
-                "cpu_round_ms": cpu[arm],
-                "timed_steps": args.rounds * (args.steps - 1),
-                "jit_compile": bool(models[arm].jit_compile),
-            })
+            _common.emit(
+                {
+                    "method": arm,
+                    "label": LABELS[arm],
+                    "backend": backend,
+                    "batch_size": batch,
+                    "image_shape": list(shape),
+                    "network": {
+                        k: list(v) if isinstance(v, tuple) else v
+                        for k, v in network_kwargs(args).items()
+                    },
+                    "median_ms": median,
+                    "ratio": median / vanilla,
+                    # Two estimates less sensitive to the shared machine's load:
+                    # the fastest rounds (least disturbed), and the median of
+                    # the ratios within each round (arms run back to back).
+                    "min_ms": min(times[arm]),
+                    "ratio_min": min(times[arm]) / min(times["vanilla"]),
+                    "ratio_paired": _common.median(
+                        [t / v for t, v in zip(times[arm], times["vanilla"])]
+                    ),
+                    "round_ms": times[arm],
+                    # CPU time of the whole process (all threads, the input
+                    # pipeline's included) per step: the work an arm adds, far
+                    # less sensitive to other processes than the wall clock.
+                    "cpu_ms": _common.median(cpu[arm]),
+                    "cpu_ratio": _common.median(cpu[arm])
+                    / _common.median(cpu["vanilla"]),
+                    "cpu_round_ms": cpu[arm],
+                    "timed_steps": args.rounds * (args.steps - 1),
+                    "jit_compile": bool(models[arm].jit_compile),
+                }
+            )
 
 
 def write_table(path, records):
@@ -258,9 +281,7 @@ def write_table(path, records):
         "",
     ]
     for run, h in enumerate(headers, 1):
-        lines.append(
-            f"{run}. `{h['command']}`: {h['machine']}, {h['date']}"
-        )
+        lines.append(f"{run}. `{h['command']}`: {h['machine']}, {h['date']}")
     lines.append("")
     lines.append(
         "| run | backend | UNet | B | arm | XLA | ms / step (median) | spread | ratio "
@@ -268,19 +289,23 @@ def write_table(path, records):
         "CPU ms / step | CPU-time ratio |"
     )
     lines.append("|---" * 13 + "|")
-    for r in sorted(timed, key=lambda r: (r["backend"],
-                                          describe_network(r),
-                                          r["batch_size"],
-                                          r["run"],
-                                          ARMS.index(r["method"]))):
-        spread = (f"{_common.fmt_ms(min(r['round_ms']))}-"
-                  f"{_common.fmt_ms(max(r['round_ms']))}")
+    for r in sorted(
+        timed,
+        key=lambda r: (
+            r["backend"],
+            describe_network(r),
+            r["batch_size"],
+            r["run"],
+            ARMS.index(r["method"]),
+        ),
+    ):
+        spread = (
+            f"{_common.fmt_ms(min(r['round_ms']))}-{_common.fmt_ms(max(r['round_ms']))}"
+        )
         extra = [r.get("ratio_min"), r.get("ratio_paired")]
         extra = " | ".join("-" if v is None else f"{v:.3f}" for v in extra)
-        extra += " | " + (_common.fmt_ms(r["cpu_ms"]) if "cpu_ms" in r
-                          else "-")
-        extra += " | " + (f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r
-                          else "-")
+        extra += " | " + (_common.fmt_ms(r["cpu_ms"]) if "cpu_ms" in r else "-")
+        extra += " | " + (f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else "-")
         lines.append(
             f"| {r['run']} | {r['backend']} | {describe_network(r)} | "
             f"{r['batch_size']} | "
@@ -292,8 +317,11 @@ def write_table(path, records):
     errors = [r for r in records if "error" in r]
     for r in errors:
         lines.append(f"\nError [{r.get('backend')}]: {r['error']}")
-    lines += ["", "Target (issue 5): ratio <= 1.05 at B=128 for knn, the "
-              "auction and the pipelined host path."]
+    lines += [
+        "",
+        "Target (issue 5): ratio <= 1.05 at B=128 for knn, the "
+        "auction and the pipelined host path.",
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -305,11 +333,14 @@ def main(argv=None):
         return
     out = os.path.join(args.output_dir, args.name)
     records = _common.read_json(out + ".json") if args.append else []
-    records.append(_common.header(
-        "step_overhead", versions=_common.versions(),
-        data_description="scikit-learn digits upsampled to "
-        f"{args.image_size}x{args.image_size}x3, float32 in [0, 1]",
-    ))
+    records.append(
+        _common.header(
+            "step_overhead",
+            versions=_common.versions(),
+            data_description="scikit-learn digits upsampled to "
+            f"{args.image_size}x{args.image_size}x3, float32 in [0, 1]",
+        )
+    )
     worker_args = list(argv if argv is not None else sys.argv[1:])
     worker_args = [a for a in worker_args if a != "--append"]
     for backend in args.backends:

@@ -49,19 +49,25 @@ FLAGS = {
     "image_size": (int, "side of the training images", None),
     "batch_size": (int, "images per training step", None),
     "steps": (int, "optimizer steps (rounded up to whole epochs)", None),
-    "eval_every": (int, "steps between KID/FID evaluations, sample grids "
-                   "and backups (one Keras epoch)", None),
+    "eval_every": (
+        int,
+        "steps between KID/FID evaluations, sample grids and backups (one Keras epoch)",
+        None,
+    ),
     "learning_rate": (float, "learning rate (after the warm-up)", None),
     "warmup_steps": (int, "linear learning-rate warm-up, in steps", None),
     "weight_decay": (float, "decoupled weight decay", None),
     "grad_clip": (float, "global gradient-norm clipping (0: none)", None),
     "ema": (float, "momentum of the weights' EMA, used for sampling", None),
-    "ema_warmup": (float, "EMA warm-up: momentum min(ema, (1 + t) / "
-                   "(ema_warmup + t)) at step t (0: constant)", None),
+    "ema_warmup": (
+        float,
+        "EMA warm-up: momentum min(ema, (1 + t) / "
+        "(ema_warmup + t)) at step t (0: constant)",
+        None,
+    ),
     "widths": (int_list, "UNet channels per resolution", None),
     "block_depth": (int, "residual blocks per UNet resolution", None),
-    "attention": (int_list, "resolutions with self-attention ('' for none)",
-                  None),
+    "attention": (int_list, "resolutions with self-attention ('' for none)", None),
     "num_heads": (int, "heads of the attention blocks", None),
     "dropout": (float, "dropout rate of the residual blocks", None),
     "sampling_steps": (int, "sampler steps of the sample grids", None),
@@ -69,24 +75,44 @@ FLAGS = {
     "eval_images": (int, "generated images per KID/FID evaluation", None),
     "eval_real_images": (int, "real images of the KID/FID reference", None),
     "grid_images": (int, "images per sample grid", None),
-    "assignment": (str, "noise assignment: none (plain training), linear "
-                   "(paper 1) or knn (paper 2)", ("none", "linear", "knn")),
+    "assignment": (
+        str,
+        "noise assignment: none (plain training), linear (paper 1) or knn (paper 2)",
+        ("none", "linear", "knn"),
+    ),
     "k": (int, "candidates per image of --assignment knn", None),
     "solver": (str, "solver of --assignment linear", ("scipy", "auction")),
     "distance": (str, "distance of --assignment linear", ("l2", "sq_l2")),
     "quantize": (bool, "--assignment linear distances in float16", None),
 }
-POSITIVE = ("image_size", "batch_size", "steps", "eval_every", "block_depth",
-            "num_heads", "sampling_steps", "eval_sampling_steps",
-            "eval_images", "eval_real_images", "grid_images", "k")
+POSITIVE = (
+    "image_size",
+    "batch_size",
+    "steps",
+    "eval_every",
+    "block_depth",
+    "num_heads",
+    "sampling_steps",
+    "eval_sampling_steps",
+    "eval_images",
+    "eval_real_images",
+    "grid_images",
+    "k",
+)
 
 
 def _show(value):
     return ",".join(map(str, value)) or "''" if isinstance(value, tuple) else value
 
 
-def parse_args(argv, description, config, extra_flags=None,
-               default_output="outputs", real_data=True):
+def parse_args(
+    argv,
+    description,
+    config,
+    extra_flags=None,
+    default_output="outputs",
+    real_data=True,
+):
     """Parses `argv` into an `argparse.Namespace`, defaults from `config`.
 
     Args:
@@ -104,29 +130,45 @@ def parse_args(argv, description, config, extra_flags=None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--backend", choices=("tensorflow", "jax", "torch"),
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
         default=os.environ.get("KERAS_BACKEND", "tensorflow"),
-        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="a smoke run of seconds on a CPU: the --quick values below "
-        "(explicit flags still win)")
-    parser.add_argument("--output", help=f"output folder (default: "
-                        f"{default_output}, {default_output}_quick)")
+        "(explicit flags still win)",
+    )
     parser.add_argument(
-        "--resume", action="store_true",
-        help="continue the run in --output from its backup, where it stopped")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, "
-                        "noise, data order and sampling (default: 0)")
+        "--output",
+        help=f"output folder (default: {default_output}, {default_output}_quick)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its backup, where it stopped",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of weights, noise, data order and sampling (default: 0)",
+    )
     if real_data:
         parser.add_argument(
-            "--data-dir", help="tensorflow-datasets folder where the data "
-            "is prepared (default: ~/tensorflow_datasets); never downloads")
+            "--data-dir",
+            help="tensorflow-datasets folder where the data "
+            "is prepared (default: ~/tensorflow_datasets); never downloads",
+        )
         parser.add_argument(
-            "--inception-weights", default="imagenet",
+            "--inception-weights",
+            default="imagenet",
             help="Inception-V3 weights of KID/FID: imagenet (downloaded once "
             "by Keras), a local InceptionV3(include_top=False) weights file, "
-            "or none (random weights: smoke tests only)")
+            "or none (random weights: smoke tests only)",
+        )
     for name, default in config.items():
         kind, text, choices = flags[name]
         text += f"; default: {_show(default.value)} ({default.source})"
@@ -134,8 +176,7 @@ def parse_args(argv, description, config, extra_flags=None,
             text += f"; --quick: {_show(default.quick)}"
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                help=text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
             parser.add_argument(flag, type=kind, choices=choices, help=text)
     args = parser.parse_args(argv)
@@ -150,10 +191,12 @@ def parse_args(argv, description, config, extra_flags=None,
 
 def _check(args, parser):
     """Rejects values that cannot work, naming the flag."""
+
     def bad(name, expected):
         value = getattr(args, name)
-        parser.error(f"--{name.replace('_', '-')} must be {expected}, got "
-                     f"{_show(value)}.")
+        parser.error(
+            f"--{name.replace('_', '-')} must be {expected}, got {_show(value)}."
+        )
 
     for name in POSITIVE:
         if getattr(args, name, 1) < 1:
@@ -187,7 +230,8 @@ def select_backend(backend):
         if keras.backend.backend() != backend:
             raise ValueError(
                 f"--backend {backend}: Keras is already imported with the "
-                f"{keras.backend.backend()} backend in this process.")
+                f"{keras.backend.backend()} backend in this process."
+            )
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
@@ -220,10 +264,13 @@ def backup_dir(args):
     if args.resume and not has_backup:
         raise FileNotFoundError(
             f"--resume: no backup in {path!r}. Run without --resume first "
-            "(with the same --output).")
+            "(with the same --output)."
+        )
     if not args.resume and os.path.exists(path):
-        print(f"Note: starting over in {args.output} (--resume continues "
-              "the run there).", flush=True)
+        print(
+            f"Note: starting over in {args.output} (--resume continues the run there).",
+            flush=True,
+        )
         shutil.rmtree(path)
     os.makedirs(args.output, exist_ok=True)
     return path
@@ -255,9 +302,15 @@ def summary(model, start, output):
 
     history = getattr(model.history, "history", None) or {}
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    scores = [f"{name} {history[key][-1]:.4g}" for name, key in
-              (("KID", "val_kid"), ("FID", "val_fid")) if history.get(key)]
-    print(f"Trained {type(model).__name__} to step {step} in "
-          f"{time.time() - start:.0f} s; "
-          f"{', '.join(scores) or 'no new KID/FID'}. Samples: "
-          f"{os.path.join(output, 'samples.png')}.", flush=True)
+    scores = [
+        f"{name} {history[key][-1]:.4g}"
+        for name, key in (("KID", "val_kid"), ("FID", "val_fid"))
+        if history.get(key)
+    ]
+    print(
+        f"Trained {type(model).__name__} to step {step} in "
+        f"{time.time() - start:.0f} s; "
+        f"{', '.join(scores) or 'no new KID/FID'}. Samples: "
+        f"{os.path.join(output, 'samples.png')}.",
+        flush=True,
+    )

@@ -177,8 +177,11 @@ DEFAULTS = {
     "groups": (32, 4, DIFFUSERS_UNET + " (norm_num_groups=32)"),
     "embedding_dims": (320, 8, DIFFUSERS_UNET + " (320-dim time embedding)"),
     "sampling_steps": (20, 2, "official generate.py (20 steps, PNDM there)"),
-    "guidance_scales": ((1.0, 3.0, 7.5), (1.0, 3.0),
-                        "1: conditional; 7.5: diffusers' default, official sampling"),
+    "guidance_scales": (
+        (1.0, 3.0, 7.5),
+        (1.0, 3.0),
+        "1: conditional; 7.5: diffusers' default, official sampling",
+    ),
     "grid_classes": (DIT_CLASSES, DIT_CLASSES[:2], "DiT sample.py's classes"),
     "images_per_class": (4, 2, "this example's choice"),
     "shuffle_buffer": (10_000, 64, "this example's choice"),
@@ -204,37 +207,56 @@ def build_parser():
         default, quick, source = DEFAULTS[name]
         show = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
         parser.add_argument(
-            "--" + name.replace("_", "-"), type=kind, default=None,
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,
             help=f"{help_text}; default {show(default)} ({source}); "
             f"--quick: {show(quick)}",
             **kwargs,
         )
 
     parser.add_argument(
-        "--backend", choices=("tensorflow", "jax", "torch"),
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
         default=os.environ.get("KERAS_BACKEND", "tensorflow"),
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run (< 1 min on a CPU): mock data, tiny "
-                        "autoencoder and UNet, 4 steps")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT/backup (same flags)")
-    parser.add_argument("--output", default=os.path.join("outputs", "latent_imagenet"),
-                        help="output folder (default: outputs/latent_imagenet)")
-    parser.add_argument("--data-dir", default=None,
-                        help="tensorflow-datasets data directory holding the "
-                        "prepared imagenet2012 (default: $TFDS_DATA_DIR or "
-                        "~/tensorflow_datasets); nothing is downloaded")
-    parser.add_argument("--vae-weights", default="download",
-                        help="SD VAE weights: 'download' (keras-cv, once), a "
-                        "folder with vae_encoder.h5 and kcv_decoder.h5, or "
-                        "'none' (random weights: smoke tests only)")
-    parser.add_argument("--per-class", action=argparse.BooleanOptionalAction,
-                        default=False,
-                        help="linear assignment within each class of the batch "
-                        "(default: off, the papers assign across classes; see "
-                        "docs/benchmarks/per_class_assignment.md)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (< 1 min on a CPU): mock data, tiny "
+        "autoencoder and UNet, 4 steps",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT/backup (same flags)"
+    )
+    parser.add_argument(
+        "--output",
+        default=os.path.join("outputs", "latent_imagenet"),
+        help="output folder (default: outputs/latent_imagenet)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="tensorflow-datasets data directory holding the "
+        "prepared imagenet2012 (default: $TFDS_DATA_DIR or "
+        "~/tensorflow_datasets); nothing is downloaded",
+    )
+    parser.add_argument(
+        "--vae-weights",
+        default="download",
+        help="SD VAE weights: 'download' (keras-cv, once), a "
+        "folder with vae_encoder.h5 and kcv_decoder.h5, or "
+        "'none' (random weights: smoke tests only)",
+    )
+    parser.add_argument(
+        "--per-class",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="linear assignment within each class of the batch "
+        "(default: off, the papers assign across classes; see "
+        "docs/benchmarks/per_class_assignment.md)",
+    )
     flag("image_size", int, "image side (a multiple of 8 with the SD VAE)")
     flag("batch_size", int, "global batch size")
     flag("steps", int, "optimizer steps (rounded up to whole --eval-every)")
@@ -257,8 +279,12 @@ def build_parser():
     flag("grid_classes", int_tuple, "classes of the grid rows")
     flag("images_per_class", int, "images per class in a grid")
     flag("shuffle_buffer", int, "shuffle buffer (images)")
-    flag("mixed_precision", str, "compute dtype of the networks",
-         choices=("float16", "bfloat16", "float32"))
+    flag(
+        "mixed_precision",
+        str,
+        "compute dtype of the networks",
+        choices=("float16", "bfloat16", "float32"),
+    )
     flag("seed", int, "seed of weights, noise, data order and sampling")
     return parser
 
@@ -271,7 +297,9 @@ def parse_args(argv=None):
     if args.per_class and args.assignment != "linear":
         raise SystemExit("--per-class needs --assignment linear.")
     if not all(0 <= c < NUM_CLASSES for c in args.grid_classes):
-        raise SystemExit(f"--grid-classes must be ImageNet classes 0-{NUM_CLASSES - 1}.")
+        raise SystemExit(
+            f"--grid-classes must be ImageNet classes 0-{NUM_CLASSES - 1}."
+        )
     return args
 
 
@@ -289,7 +317,8 @@ def load_imagenet(args, initial_epoch):
     builder = tfds.builder("imagenet2012", data_dir=args.data_dir)
     try:
         source = builder.as_dataset(
-            split="train", shuffle_files=True,
+            split="train",
+            shuffle_files=True,
             read_config=tfds.ReadConfig(shuffle_seed=args.seed + initial_epoch),
         )
     except AssertionError as error:  # tfds asserts that the files exist
@@ -316,7 +345,9 @@ def load_imagenet(args, initial_epoch):
         image = image[top : top + size, left : left + size]
         image = tf.image.random_flip_left_right(image, seed=args.seed + initial_epoch)
         image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
-        return tf.ensure_shape(image, (size, size, 3)), tf.cast(example["label"], tf.int32)
+        return tf.ensure_shape(image, (size, size, 3)), tf.cast(
+            example["label"], tf.int32
+        )
 
     # Shuffled after the crop: 10,000 images of 256x256x3 uint8 take 2 GB.
     return (
@@ -336,16 +367,26 @@ def tiny_autoencoder(image_size):
     import keras_immiscible as ki
 
     latent = image_size // 4
-    encoder = keras.Sequential([
-        keras.Input((image_size, image_size, 3)),
-        keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="silu"),
-        keras.layers.Conv2D(4, 3, strides=2, padding="same"),
-    ], name="encoder")
-    decoder = keras.Sequential([
-        keras.Input((latent, latent, 4)),
-        keras.layers.Conv2DTranspose(8, 3, strides=2, padding="same", activation="silu"),
-        keras.layers.Conv2DTranspose(3, 3, strides=2, padding="same", activation="sigmoid"),
-    ], name="decoder")
+    encoder = keras.Sequential(
+        [
+            keras.Input((image_size, image_size, 3)),
+            keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="silu"),
+            keras.layers.Conv2D(4, 3, strides=2, padding="same"),
+        ],
+        name="encoder",
+    )
+    decoder = keras.Sequential(
+        [
+            keras.Input((latent, latent, 4)),
+            keras.layers.Conv2DTranspose(
+                8, 3, strides=2, padding="same", activation="silu"
+            ),
+            keras.layers.Conv2DTranspose(
+                3, 3, strides=2, padding="same", activation="sigmoid"
+            ),
+        ],
+        name="decoder",
+    )
     return ki.latent.Autoencoder(encoder, decoder, scaling_factor=1.0)
 
 
@@ -379,8 +420,11 @@ def main(argv=None):
         initial_epoch = backup.initial_epoch
         print(f"Resuming {backup_dir} at step {backup.initial_step}.", flush=True)
     elif os.path.exists(backup_dir):
-        print(f"Note: starting afresh; the run in {args.output} is overwritten "
-              "(--resume continues it).", flush=True)
+        print(
+            f"Note: starting afresh; the run in {args.output} is overwritten "
+            "(--resume continues it).",
+            flush=True,
+        )
         shutil.rmtree(backup_dir)  # or `fit` would restore it
     keras.utils.set_random_seed(args.seed + initial_epoch)
 
@@ -389,9 +433,11 @@ def main(argv=None):
         if args.quick:
             import tensorflow_datasets as tfds
 
-            stack.enter_context(tfds.testing.mock_data(
-                num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE
-            ))
+            stack.enter_context(
+                tfds.testing.mock_data(
+                    num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE
+                )
+            )
         # First: a missing data set stops the run before anything is built.
         train = load_imagenet(args, initial_epoch)
 
@@ -442,44 +488,57 @@ def main(argv=None):
         )
 
         # ---------------------------------------------------------- compile
-        model.compile(optimizer=ki.optimizers.AdamW(
-            learning_rate=args.learning_rate,
-            weight_decay=args.weight_decay,
-            beta_1=0.9,
-            beta_2=0.999,
-            epsilon=1e-8,
-            global_clipnorm=args.grad_clip,
-            use_ema=True,
-            ema_momentum=args.ema,
-            ema_warmup=10,
-        ))
+        model.compile(
+            optimizer=ki.optimizers.AdamW(
+                learning_rate=args.learning_rate,
+                weight_decay=args.weight_decay,
+                beta_1=0.9,
+                beta_2=0.999,
+                epsilon=1e-8,
+                global_clipnorm=args.grad_clip,
+                use_ema=True,
+                ema_momentum=args.ema,
+                ema_warmup=10,
+            )
+        )
 
         # -------------------------------------------------------- callbacks
-        labels = np.repeat(np.asarray(args.grid_classes, "int32"), args.images_per_class)
+        labels = np.repeat(
+            np.asarray(args.grid_classes, "int32"), args.images_per_class
+        )
         grid_options = dict(
-            num_images=len(labels), labels=labels, num_rows=len(args.grid_classes),
-            steps=args.sampling_steps, seed=args.seed,
+            num_images=len(labels),
+            labels=labels,
+            num_rows=len(args.grid_classes),
+            steps=args.sampling_steps,
+            seed=args.seed,
             scale=max(1, 64 // args.image_size),
         )
 
         class StepLogger(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 if logs is not None:
-                    logs["step"] = int(keras.ops.convert_to_numpy(
-                        self.model.optimizer.iterations
-                    ))
+                    logs["step"] = int(
+                        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+                    )
 
         callbacks = [
             ki.callbacks.SampleGrid(
-                os.path.join(args.output, "samples", f"guidance_{scale:g}",
-                             "epoch_{epoch:04d}.png"),
-                guidance_scale=scale, **grid_options,
+                os.path.join(
+                    args.output,
+                    "samples",
+                    f"guidance_{scale:g}",
+                    "epoch_{epoch:04d}.png",
+                ),
+                guidance_scale=scale,
+                **grid_options,
             )
             for scale in args.guidance_scales
         ] + [
             StepLogger(),
-            keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"),
-                                      append=args.resume),
+            keras.callbacks.CSVLogger(
+                os.path.join(args.output, "log.csv"), append=args.resume
+            ),
             backup,  # before ModelCheckpoint: a NaN loss stops fit here
             keras.callbacks.ModelCheckpoint(
                 os.path.join(args.output, "checkpoints", "last.keras")
@@ -495,7 +554,8 @@ def main(argv=None):
             + (" per class" if args.per_class else "")
             + f", batch {args.batch_size}, steps "
             f"{initial_epoch * steps_per_epoch} -> {epochs * steps_per_epoch}, "
-            f"output {args.output}.", flush=True,
+            f"output {args.output}.",
+            flush=True,
         )
         model.fit(
             train,
@@ -510,17 +570,26 @@ def main(argv=None):
     # After fit the model holds the EMA weights (Keras copies them in).
     for scale in args.guidance_scales:
         samples = model.generate(
-            len(labels), steps=args.sampling_steps, seed=args.seed,
-            labels=labels, guidance_scale=scale, verbose=0,
+            len(labels),
+            steps=args.sampling_steps,
+            seed=args.seed,
+            labels=labels,
+            guidance_scale=scale,
+            verbose=0,
         )
         save_image_grid(
-            samples, os.path.join(args.output, f"samples_guidance_{scale:g}.png"),
-            num_rows=len(args.grid_classes), scale=grid_options["scale"],
+            samples,
+            os.path.join(args.output, f"samples_guidance_{scale:g}.png"),
+            num_rows=len(args.grid_classes),
+            scale=grid_options["scale"],
         )
     model.save(os.path.join(args.output, "model.keras"))
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    print(f"Trained to step {steps} in {time.time() - start:.1f} s; outputs in "
-          f"{args.output}.", flush=True)
+    print(
+        f"Trained to step {steps} in {time.time() - start:.1f} s; outputs in "
+        f"{args.output}.",
+        flush=True,
+    )
     return model
 
 

@@ -57,8 +57,7 @@ CONFIG = {
     "steps": Default(1200, OURS + ": under 3 minutes on 2 CPU cores", quick=4),
     "eval_every": Default(400, OURS, quick=2),
     "learning_rate": Default(1e-3, BENCHMARK),
-    "ema": Default(0.99, BENCHMARK + ": a short horizon for short runs",
-                   quick=0.9),
+    "ema": Default(0.99, BENCHMARK + ": a short horizon for short runs", quick=0.9),
     "ema_warmup": Default(10.0, BENCHMARK + " (ki.optimizers.AdamW's)"),
     "widths": Default((16, 32), REGIME + " (its 16x16 UNet)"),
     "block_depth": Default(1, REGIME + " (its 16x16 UNet)"),
@@ -69,18 +68,29 @@ CONFIG = {
     "k": Default(8, "KNNSelection's default"),
 }
 EXTRA_FLAGS = {
-    "family": (str, "flow (ki.ImmiscibleFlowMatching, Euler sampling) or "
-               "ddim (ki.ImmiscibleDiffusion, DDIM sampling)",
-               ("flow", "ddim")),
-    "image_size": (int, "8 (the digits as they are), 16 or 32 (upsampled)",
-                   (8, 16, 32)),
+    "family": (
+        str,
+        "flow (ki.ImmiscibleFlowMatching, Euler sampling) or "
+        "ddim (ki.ImmiscibleDiffusion, DDIM sampling)",
+        ("flow", "ddim"),
+    ),
+    "image_size": (
+        int,
+        "8 (the digits as they are), 16 or 32 (upsampled)",
+        (8, 16, 32),
+    ),
 }
 
 
 def parse_args(argv=None):
-    return common.parse_args(argv, __doc__, CONFIG, EXTRA_FLAGS,
-                             os.path.join("outputs", "digits"),
-                             real_data=False)
+    return common.parse_args(
+        argv,
+        __doc__,
+        CONFIG,
+        EXTRA_FLAGS,
+        os.path.join("outputs", "digits"),
+        real_data=False,
+    )
 
 
 def main(argv=None):
@@ -93,8 +103,9 @@ def main(argv=None):
 
     start = time.time()
     keras.utils.set_random_seed(args.seed)
-    backup = ki.callbacks.BackupAndRestore(common.backup_dir(args),
-                                           delete_checkpoint=False)
+    backup = ki.callbacks.BackupAndRestore(
+        common.backup_dir(args), delete_checkpoint=False
+    )
     initial_step = backup.initial_step  # > 0: --resume continues from there
 
     # Data: the 1,797 digits, upsampled to (S, S, 1), float32 in [0, 1],
@@ -105,8 +116,9 @@ def main(argv=None):
     train = train.repeat().skip(initial_step)
 
     # Network and model.
-    network = ki.layers.UNet(images.shape[1:], widths=args.widths,
-                             block_depth=args.block_depth)
+    network = ki.layers.UNet(
+        images.shape[1:], widths=args.widths, block_depth=args.block_depth
+    )
     if args.assignment == "linear":
         assignment = ki.assignment.LinearAssignment()  # exact (scipy)
     elif args.assignment == "knn":
@@ -114,19 +126,23 @@ def main(argv=None):
     else:
         assignment = None  # plain training
     if args.family == "flow":
-        model = ki.ImmiscibleFlowMatching(network, assignment=assignment,
-                                          sampler="euler", seed=args.seed)
+        model = ki.ImmiscibleFlowMatching(
+            network, assignment=assignment, sampler="euler", seed=args.seed
+        )
     else:
-        model = ki.ImmiscibleDiffusion(network, assignment=assignment,
-                                       seed=args.seed)
-    model.compile(optimizer=ki.optimizers.AdamW(
-        args.learning_rate, use_ema=True, ema_momentum=args.ema,
-        ema_warmup=args.ema_warmup or None))
+        model = ki.ImmiscibleDiffusion(network, assignment=assignment, seed=args.seed)
+    model.compile(
+        optimizer=ki.optimizers.AdamW(
+            args.learning_rate,
+            use_ema=True,
+            ema_momentum=args.ema,
+            ema_warmup=args.ema_warmup or None,
+        )
+    )
 
     # Callbacks, at the end of every epoch of `--eval-every` steps.
     def log_step_and_time(epoch, logs):
-        logs["step"] = int(keras.ops.convert_to_numpy(
-            model.optimizer.iterations))
+        logs["step"] = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         logs["wall_time"] = round(time.time() - start, 2)
 
     scale = 32 // args.image_size  # grid tiles of 32 pixels
@@ -134,34 +150,47 @@ def main(argv=None):
         # KID and FID (as val_kid, val_fid) before the callbacks that log
         # them; with the EMA weights, like the grids.
         ki.callbacks.GenerativeEvaluation(
-            images, metrics=["kid", "fid"], num_images=args.eval_images,
-            steps=args.sampling_steps, seed=args.seed,
+            images,
+            metrics=["kid", "fid"],
+            num_images=args.eval_images,
+            steps=args.sampling_steps,
+            seed=args.seed,
             batch_size=min(250, args.eval_images),
             feature_extractor=common.digits_features(args.image_size),
-            verbose=0),
+            verbose=0,
+        ),
         ki.callbacks.SampleGrid(
             os.path.join(args.output, "samples", "epoch_{epoch:04d}.png"),
-            num_images=args.grid_images, steps=args.sampling_steps,
-            seed=args.seed, scale=scale),
+            num_images=args.grid_images,
+            steps=args.sampling_steps,
+            seed=args.seed,
+            scale=scale,
+        ),
         keras.callbacks.LambdaCallback(on_epoch_end=log_step_and_time),
-        keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"),
-                                  append=args.resume),
+        keras.callbacks.CSVLogger(
+            os.path.join(args.output, "log.csv"), append=args.resume
+        ),
         backup,  # before ModelCheckpoint: a NaN stops `fit` here
         keras.callbacks.ModelCheckpoint(
-            os.path.join(args.output, "checkpoints", "last.keras")),
+            os.path.join(args.output, "checkpoints", "last.keras")
+        ),
     ]
 
     # Training: a Keras epoch is `--eval-every` steps.
     epochs = -(-args.steps // args.eval_every)
-    model.fit(train, epochs=epochs, steps_per_epoch=args.eval_every,
-                        callbacks=callbacks,
-                        verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(
+        train,
+        epochs=epochs,
+        steps_per_epoch=args.eval_every,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
 
     # Generate with the EMA weights (`fit` leaves them in the model), save.
-    samples = model.generate(args.grid_images, steps=args.sampling_steps,
-                             seed=args.seed)
-    save_image_grid(
-        samples, os.path.join(args.output, "samples.png"), scale=scale)
+    samples = model.generate(
+        args.grid_images, steps=args.sampling_steps, seed=args.seed
+    )
+    save_image_grid(samples, os.path.join(args.output, "samples.png"), scale=scale)
     model.save(os.path.join(args.output, "model.keras"))
     common.summary(model, start, args.output)
     return {"model": model, "initial_step": initial_step}

@@ -101,11 +101,17 @@ for batch_size in batch_sizes:
                 times.append(time.perf_counter() - start)
                 gains.append(-change)
         rows.append(
-            dict(batch_size=batch_size, assigner=name,
-                 gain=float(np.mean(gains)), ms=1000 * float(np.median(times)))
+            dict(
+                batch_size=batch_size,
+                assigner=name,
+                gain=float(np.mean(gains)),
+                ms=1000 * float(np.median(times)),
+            )
         )
-        print(f"B={batch_size:4d} {name:15s} gain {rows[-1]['gain']:.4f} "
-              f"time {rows[-1]['ms']:9.2f} ms")
+        print(
+            f"B={batch_size:4d} {name:15s} gain {rows[-1]['gain']:.4f} "
+            f"time {rows[-1]['ms']:9.2f} ms"
+        )
 
 with open(os.path.join(OUTPUT_DIR, "assigners.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=["batch_size", "assigner", "gain", "ms"])
@@ -130,7 +136,7 @@ The auction and scipy gains agree: the auction stops within
 check the gap on one cost matrix, with the ops the assigners are built on.
 """
 
-batch = data[:batch_sizes[-1]]
+batch = data[: batch_sizes[-1]]
 noise = keras.random.normal(batch.shape, seed=1)
 cost = ki.ops.pairwise_distance(batch, noise)  # squared L2 (B, B)
 cost_np = keras.ops.convert_to_numpy(cost).astype("float64")
@@ -165,8 +171,10 @@ for name in ("linear/scipy", "knn/k=8"):
     drawn = keras.ops.convert_to_numpy(assigner.unassigned(candidates))
     same_set = np.allclose(np.sort(kept, axis=None), np.sort(drawn, axis=None))
     norm = np.linalg.norm(kept.reshape(len(kept), -1), axis=1).mean()
-    print(f"{name:15s} noise norm / sqrt(dim) {norm / np.sqrt(dimension):.4f}, "
-          f"same values as the unassigned draw: {same_set}")
+    print(
+        f"{name:15s} noise norm / sqrt(dim) {norm / np.sqrt(dimension):.4f}, "
+        f"same values as the unassigned draw: {same_set}"
+    )
 
 """
 ## Costs, measured elsewhere

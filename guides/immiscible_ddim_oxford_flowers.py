@@ -249,9 +249,7 @@ samples made with more sampling steps.
 
 model.load_weights(os.path.join(OUTPUT_DIR, "best.weights.h5"))
 images = model.generate(18, steps=plot_diffusion_steps, seed=0)
-save_image_grid(
-    images, os.path.join(OUTPUT_DIR, "final.png"), num_rows=3, scale=2
-)
+save_image_grid(images, os.path.join(OUTPUT_DIR, "final.png"), num_rows=3, scale=2)
 for epoch, (kid_value, gain) in enumerate(
     zip(history.history["val_kid"], history.history["assignment_gain"])
 ):

@@ -154,8 +154,10 @@ model_path = os.path.join(OUTPUT_DIR, "digits_linear.keras")
 model.save(model_path)
 reloaded = keras.models.load_model(model_path)
 again = reloaded.generate(64, steps=sampling_steps, seed=0)
-print(f"reloaded {type(reloaded.assigner).__name__}; max sample difference "
-      f"{np.abs(again - samples).max():.2e}")
+print(
+    f"reloaded {type(reloaded.assigner).__name__}; max sample difference "
+    f"{np.abs(again - samples).max():.2e}"
+)
 
 """
 ## Compare with plain diffusion
@@ -188,11 +190,15 @@ for name, arm in (("linear", model), ("vanilla", vanilla)):
         batch_size=64,
         verbose=0,
     )
-gains = {"linear": history["assignment_gain"][-1],
-         "vanilla": vanilla_history["assignment_gain"][-1]}
+gains = {
+    "linear": history["assignment_gain"][-1],
+    "vanilla": vanilla_history["assignment_gain"][-1],
+}
 for name, score in scores.items():
-    print(f"{name:>8}: FID {score['fid']:.3f}  KID {score['kid']:.5f}  "
-          f"assignment_gain {gains[name]:.4f}")
+    print(
+        f"{name:>8}: FID {score['fid']:.3f}  KID {score['kid']:.5f}  "
+        f"assignment_gain {gains[name]:.4f}"
+    )
 
 """
 How to read these numbers: vanilla's `assignment_gain` is 0 by definition.
@@ -235,8 +241,10 @@ folder_dataset = ki.data.from_directory(
     seed=seed,
 )
 image_shape = tuple(folder_dataset.element_spec.shape[1:])
-print(f"{len(folder_dataset.file_paths)} images from {image_folder}, "
-      f"batches of {folder_dataset.element_spec.shape}")
+print(
+    f"{len(folder_dataset.file_paths)} images from {image_folder}, "
+    f"batches of {folder_dataset.element_spec.shape}"
+)
 
 """
 The UNet's image side must be divisible by `2 ** (len(widths) - 1)`. For

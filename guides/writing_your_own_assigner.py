@@ -182,9 +182,11 @@ for order in ORDERS:
     matches = np.allclose(assigned, noise_np[columns])
     total = cost[rows, columns].sum()
     share = (unassigned - total) / (unassigned - optimum)
-    print(f"order={order}: matches numpy {matches}, total distance {total:.1f} "
-          f"(optimum {optimum:.1f}, unassigned {unassigned:.1f}), "
-          f"share of the optimal reduction {share:.3f}")
+    print(
+        f"order={order}: matches numpy {matches}, total distance {total:.1f} "
+        f"(optimum {optimum:.1f}, unassigned {unassigned:.1f}), "
+        f"share of the optimal reduction {share:.3f}"
+    )
 
 """
 The greedy pairs are never better than the optimum (share at most 1), and

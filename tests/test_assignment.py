@@ -14,12 +14,10 @@ import pytest
 import scipy.optimize
 
 from keras_immiscible import assignment
-from keras_immiscible.assignment import (
-    KNNSelection,
-    LinearAssignment,
-    NoiseAssigner,
-    RandomNoise,
-)
+from keras_immiscible.assignment import KNNSelection
+from keras_immiscible.assignment import LinearAssignment
+from keras_immiscible.assignment import NoiseAssigner
+from keras_immiscible.assignment import RandomNoise
 
 BACKEND = keras.backend.backend()
 
@@ -70,7 +68,7 @@ def missed_fraction(cost, perm):
 
 def np_change(data, assigned, unassigned):
     def mean_dist(noise):
-        diff = (np.asarray(noise, np.float64) - np.asarray(data, np.float64))
+        diff = np.asarray(noise, np.float64) - np.asarray(data, np.float64)
         return np.sqrt((diff.reshape(len(diff), -1) ** 2).sum(-1)).mean()
 
     return mean_dist(assigned) / mean_dist(unassigned) - 1.0
@@ -125,9 +123,7 @@ def test_linear_assignment_change_at_paper_scale(metric):
     # Immiscible Diffusion (Table 2): about -1.9% at B=128 for 3072 dims.
     images = np.random.default_rng(0).uniform(-1, 1, size=(128, 32, 32, 3))
     images = images.astype("float32")
-    noise, change = LinearAssignment(metric=metric)(
-        images, seed=1, return_change=True
-    )
+    noise, change = LinearAssignment(metric=metric)(images, seed=1, return_change=True)
     change = float(to_np(change))
     assert -0.04 < change < -0.005, change
     draw = to_np(LinearAssignment().draw(images, seed=1))
@@ -288,7 +284,12 @@ def check_compiled_step(compile_fn, assigner, images, same_draw_as_eager):
 @jax_only
 @pytest.mark.parametrize(
     "assigner",
-    [RandomNoise(), KNNSelection(k=4), LinearAssignment(), LinearAssignment(solver="auction")],
+    [
+        RandomNoise(),
+        KNNSelection(k=4),
+        LinearAssignment(),
+        LinearAssignment(solver="auction"),
+    ],
     ids=repr,
 )
 def test_assigners_inside_jax_jit(digits, assigner):
@@ -325,7 +326,12 @@ def test_assigners_inside_tf_function(digits, assigner, jit_compile):
 @tf_only
 @pytest.mark.parametrize(
     "assigner",
-    [RandomNoise(), KNNSelection(k=4), LinearAssignment(), LinearAssignment(solver="auction")],
+    [
+        RandomNoise(),
+        KNNSelection(k=4),
+        LinearAssignment(),
+        LinearAssignment(solver="auction"),
+    ],
     ids=repr,
 )
 def test_assigners_with_unknown_batch_size(digits, assigner):
@@ -358,8 +364,11 @@ def test_get_resolves_identifiers():
     linear = assignment.get("linear")
     assert type(linear) is LinearAssignment
     assert linear.get_config() == {
-        "solver": "scipy", "metric": "sq_l2", "quantize": False,
-        "per_class": False, "scope": "global",
+        "solver": "scipy",
+        "metric": "sq_l2",
+        "quantize": False,
+        "per_class": False,
+        "scope": "global",
     }
     assert type(assignment.get("Linear")) is LinearAssignment
     knn = assignment.get("knn")
@@ -431,7 +440,12 @@ def test_serialized_assigner_behaves_the_same(digits):
 
 @pytest.mark.parametrize(
     "assigner",
-    [RandomNoise(), KNNSelection(k=3), LinearAssignment(), LinearAssignment(solver="auction")],
+    [
+        RandomNoise(),
+        KNNSelection(k=3),
+        LinearAssignment(),
+        LinearAssignment(solver="auction"),
+    ],
     ids=repr,
 )
 def test_assigners_reject_bad_data(assigner):

@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
-
 from assignment_references import check_permutation
 from assignment_references import optimum
 from assignment_references import scipy_lsa
 from assignment_references import to_np
 from assignment_references import total_cost
+
 from keras_immiscible import ops as kops
 
 BACKEND = keras.backend.backend()
@@ -49,7 +49,7 @@ def test_reduced_host_path_returns_scipys_optimum_on_large_offsets(n):
     # (ties abound, so the permutation itself may differ).
     cost = (
         rng.integers(0, 50, size=(n, n))
-        + rng.integers(-10**6, 10**6, size=(n, 1))
+        + rng.integers(-(10**6), 10**6, size=(n, 1))
         + rng.integers(0, 10**5, size=(1, n))
         + 3 * 10**6
     ).astype(np.float64)
@@ -96,7 +96,9 @@ def image_like(rng, n, size=8):
     z = rng.standard_normal((n, size, size, 3))
     f = np.fft.fftfreq(size)
     k = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.15**2))
-    z = np.real(np.fft.ifft2(np.fft.fft2(z, axes=(1, 2)) * k[None, :, :, None], axes=(1, 2)))
+    z = np.real(
+        np.fft.ifft2(np.fft.fft2(z, axes=(1, 2)) * k[None, :, :, None], axes=(1, 2))
+    )
     z /= np.abs(z).max(axis=(1, 2, 3), keepdims=True)
     return z.reshape(n, -1).astype("float32")
 
@@ -140,8 +142,12 @@ def test_gap_bound_holds_for_a_cut_short_solve(digits):
     cost = problems(digits)["digits vs noise"]
     for rounds in (1, 2, 5):
         columns, info = kops.linear_sum_assignment(
-            cost, solver="auction", max_rounds=rounds, tail_rows=0,
-            sinkhorn_iterations=4, return_info=True,
+            cost,
+            solver="auction",
+            max_rounds=rounds,
+            tail_rows=0,
+            sinkhorn_iterations=4,
+            return_info=True,
         )
         columns = check_permutation(columns, len(cost))
         gap = true_gap(cost, columns)
@@ -171,7 +177,9 @@ def test_info_api_and_default_call_unchanged():
     # scipy: exact, bound 0.
     columns, info = kops.linear_sum_assignment(cost, return_info=True)
     assert float(to_np(info["gap_bound"])) == 0.0 and bool(to_np(info["converged"]))
-    assert total_cost(cost, check_permutation(columns, 32)) == pytest.approx(optimum(cost))
+    assert total_cost(cost, check_permutation(columns, 32)) == pytest.approx(
+        optimum(cost)
+    )
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jax.jit test")

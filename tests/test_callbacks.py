@@ -45,7 +45,9 @@ class TinyGenerator(keras.Model):
         ones = keras.ops.ones((keras.ops.shape(x)[0], 1))
         return keras.ops.sigmoid(self.dense(ones))
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
         target = keras.ops.reshape(x, (keras.ops.shape(x)[0], PIXELS))
         return keras.ops.mean((target - y_pred) ** 2)
 
@@ -86,7 +88,9 @@ def manual_ema(batch_weights, momentum):
         if current is None:
             current = [w.copy() for w in weights]
         else:
-            current = [momentum * a + (1 - momentum) * w for a, w in zip(current, weights)]
+            current = [
+                momentum * a + (1 - momentum) * w for a, w in zip(current, weights)
+            ]
         averages.append(current)
     return averages
 
@@ -94,7 +98,9 @@ def manual_ema(batch_weights, momentum):
 def training_images(n=32, seed=0):
     rng = np.random.default_rng(seed)
     pattern = np.linspace(0.1, 0.9, PIXELS).reshape(SHAPE)
-    return np.clip(pattern + 0.05 * rng.normal(size=(n,) + SHAPE), 0, 1).astype("float32")
+    return np.clip(pattern + 0.05 * rng.normal(size=(n,) + SHAPE), 0, 1).astype(
+        "float32"
+    )
 
 
 def make_model(use_ema=True, momentum=0.6):
@@ -137,23 +143,41 @@ def test_fit_with_sample_grid_and_generative_evaluation(tmp_path):
     recorder = WeightRecorder()
     grid = callbacks.SampleGrid(
         str(tmp_path / "samples" / "epoch_{epoch}.png"),
-        num_images=16, steps=3, seed=11, scale=2,
+        num_images=16,
+        steps=3,
+        seed=11,
+        scale=2,
     )
     evaluation = callbacks.GenerativeEvaluation(
-        real, metrics=["kid", metrics.FID(feature_extractor=extractor)],
-        num_images=24, steps=5, seed=7, batch_size=10,
-        feature_extractor=extractor, subset_size=1000, verbose=0,
+        real,
+        metrics=["kid", metrics.FID(feature_extractor=extractor)],
+        num_images=24,
+        steps=5,
+        seed=7,
+        batch_size=10,
+        feature_extractor=extractor,
+        subset_size=1000,
+        verbose=0,
     )
     csv_path = tmp_path / "log.csv"
     checkpoint = str(tmp_path / "best.weights.h5")
     history = model.fit(
-        data, batch_size=8, epochs=2, shuffle=False, verbose=0,
+        data,
+        batch_size=8,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
         callbacks=[
-            grid, evaluation, recorder,
+            grid,
+            evaluation,
+            recorder,
             keras.callbacks.CSVLogger(str(csv_path)),
             keras.callbacks.ModelCheckpoint(
-                checkpoint, monitor="val_kid", mode="min",
-                save_best_only=True, save_weights_only=True,
+                checkpoint,
+                monitor="val_kid",
+                mode="min",
+                save_best_only=True,
+                save_weights_only=True,
             ),
         ],
     )
@@ -163,7 +187,10 @@ def test_fit_with_sample_grid_and_generative_evaluation(tmp_path):
     # Per epoch: one SampleGrid call, then GenerativeEvaluation's three
     # batches (10 + 10 + 4 images, seeds 7, 8, 9).
     assert [(c["num_images"], c["steps"], c["seed"]) for c in calls] == [
-        (16, 3, 11), (10, 5, 7), (10, 5, 8), (4, 5, 9)
+        (16, 3, 11),
+        (10, 5, 7),
+        (10, 5, 8),
+        (4, 5, 9),
     ] * 2
     for epoch in range(2):
         ema = emas[(epoch + 1) * STEPS_PER_EPOCH - 1]
@@ -191,7 +218,9 @@ def test_fit_with_sample_grid_and_generative_evaluation(tmp_path):
         expected_tile = np.round(tile[..., 0] * 255).astype("uint8")
         expected_tile = expected_tile.repeat(2, axis=0).repeat(2, axis=1)
         top = left = 1 + 1 * (8 + 1)
-        np.testing.assert_array_equal(pixels[top : top + 8, left : left + 8], expected_tile)
+        np.testing.assert_array_equal(
+            pixels[top : top + 8, left : left + 8], expected_tile
+        )
         assert pixels[0].max() == 0  # padding
 
         # val_kid / val_fid from the injected extractor, by hand.
@@ -205,8 +234,12 @@ def test_fit_with_sample_grid_and_generative_evaluation(tmp_path):
     assert len(history.history["val_fid"]) == 2
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    assert [float(r["val_kid"]) for r in rows] == pytest.approx(history.history["val_kid"])
-    assert [float(r["val_fid"]) for r in rows] == pytest.approx(history.history["val_fid"])
+    assert [float(r["val_kid"]) for r in rows] == pytest.approx(
+        history.history["val_kid"]
+    )
+    assert [float(r["val_fid"]) for r in rows] == pytest.approx(
+        history.history["val_fid"]
+    )
     assert os.path.exists(checkpoint)  # ModelCheckpoint saw val_kid
 
 
@@ -217,18 +250,28 @@ def test_order_with_swap_ema_weights(tmp_path):
         model = make_model(momentum=0.6)
         recorder = WeightRecorder()
         grid = callbacks.SampleGrid(
-            str(tmp_path / order / "{epoch}.png"), num_images=4, seed=2,
+            str(tmp_path / order / "{epoch}.png"),
+            num_images=4,
+            seed=2,
             use_ema=use_ema,
         )
         swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
         cbs = [recorder, grid, swap] if order == "before" else [recorder, swap, grid]
-        model.fit(training_images(), batch_size=8, epochs=2, shuffle=False,
-                  verbose=0, callbacks=cbs)
+        model.fit(
+            training_images(),
+            batch_size=8,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=cbs,
+        )
         emas = manual_ema(recorder.batches, 0.6)
         for epoch, call in enumerate(model.generate_calls):
             ema = emas[(epoch + 1) * STEPS_PER_EPOCH - 1]
             np.testing.assert_allclose(
-                call["images"], expected_images(*ema, 4, 2), atol=1e-5,
+                call["images"],
+                expected_images(*ema, 4, 2),
+                atol=1e-5,
                 err_msg=f"{order}, epoch {epoch}",
             )
 
@@ -236,8 +279,14 @@ def test_order_with_swap_ema_weights(tmp_path):
 def test_ema_weights_context_manager():
     model = make_model(momentum=0.5)
     recorder = WeightRecorder()
-    model.fit(training_images(), batch_size=8, epochs=1, shuffle=False,
-              verbose=0, callbacks=[recorder])
+    model.fit(
+        training_images(),
+        batch_size=8,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder],
+    )
     # After `fit`, Keras has copied the EMA weights into the model.
     ema = manual_ema(recorder.batches, 0.5)[-1]
     for w, e in zip(model.dense.weights, ema):
@@ -282,16 +331,25 @@ def tensorboard_available():
 def test_every_n_epochs_and_tensorboard(tmp_path):
     model = make_model()
     grid = callbacks.SampleGrid(
-        str(tmp_path / "g_{epoch:02d}.png"), every_n_epochs=2, num_images=5,
+        str(tmp_path / "g_{epoch:02d}.png"),
+        every_n_epochs=2,
+        num_images=5,
         tensorboard_log_dir=str(tmp_path / "tb"),
     )
     evaluation = callbacks.GenerativeEvaluation(
-        training_images(20, seed=3), metrics="kid", every_n_epochs=2,
-        num_images=12, batch_size=12, feature_extractor=lambda x: x.reshape(len(x), -1),
+        training_images(20, seed=3),
+        metrics="kid",
+        every_n_epochs=2,
+        num_images=12,
+        batch_size=12,
+        feature_extractor=lambda x: x.reshape(len(x), -1),
         verbose=0,
     )
     fit = lambda: model.fit(  # noqa: E731
-        training_images(), batch_size=16, epochs=3, verbose=0,
+        training_images(),
+        batch_size=16,
+        epochs=3,
+        verbose=0,
         callbacks=[grid, evaluation],
     )
     if not tensorboard_available():
@@ -339,8 +397,11 @@ def class_conditional_flow(seed=0, num_classes=3):
 
     keras.utils.set_random_seed(seed)
     network = ki.layers.UNet(
-        image_shape=(8, 8, 1), widths=(8, 16), block_depth=1,
-        embedding_dims=8, num_classes=num_classes,
+        image_shape=(8, 8, 1),
+        widths=(8, 16),
+        block_depth=1,
+        embedding_dims=8,
+        num_classes=num_classes,
     )
     rng = np.random.default_rng(seed)
     for weight in network.weights:
@@ -361,19 +422,36 @@ def test_class_conditional_guided_grid(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(1e-6))
     labels = np.array([0, 0, 2, 2, 1, 1])
     grid = callbacks.SampleGrid(
-        str(tmp_path / "g3_{epoch}.png"), num_images=6, steps=3, seed=5,
-        labels=labels, guidance_scale=3.0, num_rows=3, scale=2,
+        str(tmp_path / "g3_{epoch}.png"),
+        num_images=6,
+        steps=3,
+        seed=5,
+        labels=labels,
+        guidance_scale=3.0,
+        num_rows=3,
+        scale=2,
     )
     plain = callbacks.SampleGrid(
-        str(tmp_path / "g1_{epoch}.png"), num_images=6, steps=3, seed=5,
-        labels=labels, num_rows=3,
+        str(tmp_path / "g1_{epoch}.png"),
+        num_images=6,
+        steps=3,
+        seed=5,
+        labels=labels,
+        num_rows=3,
     )
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(8, 8, 8, 1)).astype("float32")
-    model.fit(images, rng.integers(0, 3, size=8), batch_size=8, epochs=1,
-              verbose=0, callbacks=[grid, plain])
-    direct = model.generate(6, steps=3, seed=5, labels=labels,
-                            guidance_scale=3.0, verbose=0)
+    model.fit(
+        images,
+        rng.integers(0, 3, size=8),
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[grid, plain],
+    )
+    direct = model.generate(
+        6, steps=3, seed=5, labels=labels, guidance_scale=3.0, verbose=0
+    )
     np.testing.assert_allclose(grid.last_images, direct, atol=1e-5)
     conditional = model.generate(6, steps=3, seed=5, labels=labels, verbose=0)
     np.testing.assert_allclose(plain.last_images, conditional, atol=1e-5)
@@ -393,8 +471,14 @@ def test_sample_grid_config_with_labels_and_guidance():
     import json
 
     grid = callbacks.SampleGrid(
-        "s/{epoch}.png", every_n_epochs=2, num_images=4, steps=7, seed=3,
-        labels=np.array([5, 5, 9, 9]), guidance_scale=2, num_rows=2,
+        "s/{epoch}.png",
+        every_n_epochs=2,
+        num_images=4,
+        steps=7,
+        seed=3,
+        labels=np.array([5, 5, 9, 9]),
+        guidance_scale=2,
+        num_rows=2,
         generate_kwargs={"batch_size": 2},
     )
     config = grid.get_config()
@@ -404,9 +488,12 @@ def test_sample_grid_config_with_labels_and_guidance():
     assert again.get_config() == config
     call = again.generate_arguments()
     assert call["labels"].tolist() == [5, 5, 9, 9] and call["labels"].dtype == np.int32
-    assert (call["guidance_scale"], call["steps"], call["seed"], call["batch_size"]) == (
-        2.0, 7, 3, 2
-    )
+    assert (
+        call["guidance_scale"],
+        call["steps"],
+        call["seed"],
+        call["batch_size"],
+    ) == (2.0, 7, 3, 2)
     # One int: every image of that class. No labels: generate gets none.
     assert callbacks.SampleGrid("s.png", num_images=3, labels=4).labels == [4, 4, 4]
     assert "labels" not in callbacks.SampleGrid("s.png").generate_arguments()
@@ -417,7 +504,9 @@ def test_sample_grid_config_with_labels_and_guidance():
     with pytest.raises(ValueError, match="needs `labels`"):
         callbacks.SampleGrid("s.png", guidance_scale=3.0)
     with pytest.raises(ValueError, match="guidance_scale"):
-        callbacks.SampleGrid("s.png", num_images=1, labels=0, guidance_scale=float("nan"))
+        callbacks.SampleGrid(
+            "s.png", num_images=1, labels=0, guidance_scale=float("nan")
+        )
     with pytest.raises(ValueError, match="generate_kwargs"):
         callbacks.SampleGrid("s.png", generate_kwargs={"labels": [0]})
 
@@ -429,13 +518,21 @@ def test_every_n_epochs_keeps_csv_columns(tmp_path):
     real = training_images(12, seed=3)
     model = make_model()
     evaluation = callbacks.GenerativeEvaluation(
-        real, metrics="kid", every_n_epochs=2, num_images=12, batch_size=12,
-        feature_extractor=lambda x: x.reshape(len(x), -1), subset_size=1000,
+        real,
+        metrics="kid",
+        every_n_epochs=2,
+        num_images=12,
+        batch_size=12,
+        feature_extractor=lambda x: x.reshape(len(x), -1),
+        subset_size=1000,
         verbose=0,
     )
     csv_path = tmp_path / "log.csv"
     history = model.fit(
-        training_images(), batch_size=16, epochs=4, verbose=0,
+        training_images(),
+        batch_size=16,
+        epochs=4,
+        verbose=0,
         callbacks=[evaluation, keras.callbacks.CSVLogger(str(csv_path))],
     )
     with open(csv_path, newline="") as f:
@@ -459,12 +556,21 @@ def test_every_n_epochs_keeps_csv_columns(tmp_path):
     # skipped_value=None: the skipped epochs log nothing (and CSVLogger,
     # fixed at epoch 0, then has no val_kid column).
     evaluation = callbacks.GenerativeEvaluation(
-        real, metrics="kid", every_n_epochs=2, num_images=12, batch_size=12,
-        feature_extractor=lambda x: x.reshape(len(x), -1), subset_size=1000,
-        verbose=0, skipped_value=None,
+        real,
+        metrics="kid",
+        every_n_epochs=2,
+        num_images=12,
+        batch_size=12,
+        feature_extractor=lambda x: x.reshape(len(x), -1),
+        subset_size=1000,
+        verbose=0,
+        skipped_value=None,
     )
     history = make_model().fit(
-        training_images(), batch_size=16, epochs=2, verbose=0,
+        training_images(),
+        batch_size=16,
+        epochs=2,
+        verbose=0,
         callbacks=[evaluation],
     )
     assert history.history["val_kid"] == [evaluation.history[1]["kid"]]
@@ -504,8 +610,9 @@ def test_callback_argument_errors():
 
 def test_callbacks_with_the_real_diffusion_model(tmp_path):
     """Integration: ImmiscibleDiffusion + SampleGrid + GenerativeEvaluation."""
-    import keras_immiscible as ki
     from PIL import Image
+
+    import keras_immiscible as ki
 
     keras.utils.set_random_seed(0)
     images = ki.data.load_digits()[:64]
@@ -526,7 +633,11 @@ def test_callbacks_with_the_real_diffusion_model(tmp_path):
         callbacks=[
             callbacks.SampleGrid(pattern, num_images=4, steps=2, scale=2),
             callbacks.GenerativeEvaluation(
-                images, metrics=[kid], num_images=16, steps=2, batch_size=16,
+                images,
+                metrics=[kid],
+                num_images=16,
+                steps=2,
+                batch_size=16,
                 verbose=0,
             ),
             keras.callbacks.CSVLogger(csv_path),

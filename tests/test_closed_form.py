@@ -29,8 +29,11 @@ class IdealPredictor(keras.layers.Layer):
         self.kind = path
 
     def get_config(self):
-        return {**super().get_config(), "prediction": self.prediction,
-                "path": self.kind}
+        return {
+            **super().get_config(),
+            "prediction": self.prediction,
+            "path": self.kind,
+        }
 
     def call(self, inputs):
         x, level = inputs
@@ -66,8 +69,10 @@ def check_moments(samples, schedule, steps):
     E[x0 | x_t] with x_t from the true marginal, of mean MU and std
     a s^2 / sqrt(a^2 s^2 + b^2) at that time (slightly below s).
     """
-    a, b = (float(np.asarray(keras.ops.convert_to_numpy(r)).reshape(-1)[0])
-            for r in schedule(np.array([1.0 / steps], "float32")))
+    a, b = (
+        float(np.asarray(keras.ops.convert_to_numpy(r)).reshape(-1)[0])
+        for r in schedule(np.array([1.0 / steps], "float32"))
+    )
     expected_std = a * STD**2 / np.sqrt(a * a * STD**2 + b * b)
     data = samples.astype("float64") * 2.0 - 1.0
     # 1024 samples x 16 pixels: the sample mean and std of 16k draws are
@@ -92,8 +97,10 @@ def test_every_target_with_every_sampler(prediction):
     # (assignment=None), on which the stochastic samplers are exact too.
     schedule = ki.schedules.CosineSchedule()
     model = ki.ImmiscibleDiffusion(
-        ideal_network(prediction, "vp"), schedule=schedule,
-        prediction=prediction, assignment=None,
+        ideal_network(prediction, "vp"),
+        schedule=schedule,
+        prediction=prediction,
+        assignment=None,
     )
     for name, sampler in SAMPLERS.items():
         steps = 50 if name == "ddim" else 200
@@ -102,7 +109,8 @@ def test_every_target_with_every_sampler(prediction):
 
 
 @pytest.mark.parametrize(
-    "schedule", [ki.schedules.LinearBeta(), ki.schedules.IDDPMCosine()],
+    "schedule",
+    [ki.schedules.LinearBeta(), ki.schedules.IDDPMCosine()],
     ids=["linear_beta", "iddpm_cosine"],
 )
 def test_discrete_schedules_with_every_sampler(schedule):
@@ -114,13 +122,11 @@ def test_discrete_schedules_with_every_sampler(schedule):
         ideal_network("epsilon", "vp"), schedule=schedule, assignment=None
     )
     for name in ["ddim", "ddpm", "ddpm_beta"]:
-        samples = model.generate(1024, steps=1000, seed=0,
-                                 sampler=SAMPLERS[name])
+        samples = model.generate(1024, steps=1000, seed=0, sampler=SAMPLERS[name])
         check_moments(samples, schedule, 1000)
 
 
-@pytest.mark.parametrize("sampler,steps", [("euler", 100), ("heun", 20),
-                                           ("ddim", 100)])
+@pytest.mark.parametrize("sampler,steps", [("euler", 100), ("heun", 20), ("ddim", 100)])
 def test_flow_matching_velocity_and_samplers(sampler, steps):
     model = ki.ImmiscibleFlowMatching(ideal_network("velocity", "linear"))
     samples = model.generate(1024, steps=steps, seed=1, sampler=sampler)
@@ -129,12 +135,9 @@ def test_flow_matching_velocity_and_samplers(sampler, steps):
 
 def test_a_wrong_target_is_caught():
     # The check has teeth: reading an x0 network as an epsilon one fails.
-    model = ki.ImmiscibleDiffusion(
-        ideal_network("x0", "vp"), prediction="epsilon"
-    )
+    model = ki.ImmiscibleDiffusion(ideal_network("x0", "vp"), prediction="epsilon")
     with pytest.raises(AssertionError):
-        check_moments(model.generate(1024, steps=50, seed=0), model.schedule,
-                      50)
+        check_moments(model.generate(1024, steps=50, seed=0), model.schedule, 50)
 
 
 class OneCall:
@@ -159,7 +162,8 @@ def test_clip_denoised(clip):
     out = keras.layers.Rescaling(1.05)(out)
     schedule = ki.schedules.IDDPMCosine()
     model = ki.ImmiscibleDiffusion(
-        keras.Model([noisy, level], out), schedule=schedule,
+        keras.Model([noisy, level], out),
+        schedule=schedule,
         clip_denoised=clip,
     )
     sampler = OneCall()
@@ -172,8 +176,7 @@ def test_clip_denoised(clip):
         assert pred_data.min() >= -1.0 and pred_data.max() <= 1.0
         assert np.mean(np.abs(pred_data) == 1.0) > 0.9
         # The noise is recomputed from the clipped data: x = a x0 + b eps.
-        np.testing.assert_allclose(a * pred_data + b * pred_noise, x,
-                                   atol=1e-5)
+        np.testing.assert_allclose(a * pred_data + b * pred_noise, x, atol=1e-5)
     else:
         assert np.abs(pred_data).max() > 100.0
     config = model.get_config()
@@ -226,8 +229,10 @@ def coupled_draw(rho, n=1024, d=16, seed=0):
 
 def coupled_expected_std(schedule, rho, steps):
     """Std of E[x0 | x_t] at the last visited time t = 1 / steps."""
-    a, b = (float(np.asarray(ops.convert_to_numpy(r)).reshape(-1)[0])
-            for r in schedule(np.array([1.0 / steps], "float32")))
+    a, b = (
+        float(np.asarray(ops.convert_to_numpy(r)).reshape(-1)[0])
+        for r in schedule(np.array([1.0 / steps], "float32"))
+    )
     var = a * a * C_STD**2 + 2.0 * a * b * C_STD * rho + b * b
     return C_STD * (a * C_STD + b * rho) / np.sqrt(var)
 
@@ -252,8 +257,10 @@ def test_coupled_noise_deterministic_exact_stochastic_narrow(rho):
     schedule = ki.schedules.CosineSchedule()
     denoise = coupled_denoiser(schedule, rho)
     x0, eps = coupled_draw(rho)
-    a, b = (float(np.asarray(ops.convert_to_numpy(r)).reshape(-1)[0])
-            for r in schedule(np.array([1.0], "float32")))
+    a, b = (
+        float(np.asarray(ops.convert_to_numpy(r)).reshape(-1)[0])
+        for r in schedule(np.array([1.0], "float32"))
+    )
     # Start from the exact marginal at t = 1, so that only the sampler is
     # under test (N(0, I) is within ~1% of it on this schedule).
     x1 = a * x0 + b * eps
@@ -297,8 +304,8 @@ def test_coupled_noise_consistency_one_step_exact_two_steps_narrow():
     sampler = ki.samplers.ConsistencySampler()
     one = ops.convert_to_numpy(sampler.sample(consistency_fn, z, 1, seed=1))
     np.testing.assert_allclose(one, x0, atol=1e-4)
-    two = ops.convert_to_numpy(
-        sampler.sample(consistency_fn, z, 2, seed=1)
-    ).astype("float64")
+    two = ops.convert_to_numpy(sampler.sample(consistency_fn, z, 2, seed=1)).astype(
+        "float64"
+    )
     assert abs(two.mean() - C_MU) < 0.015, two.mean()
     assert C_STD - two.std() > 0.1, two.std()

@@ -96,9 +96,7 @@ def test_karras_grid_hand_values():
     mid = ((0.002 ** (1 / 7) + 80 ** (1 / 7)) / 2) ** 7
     # By hand: 0.002^(1/7) = 0.41156, 80^(1/7) = 1.87022, 1.14089^7 = 2.5161.
     assert mid == pytest.approx(2.5161, abs=2e-3)
-    np.testing.assert_allclose(
-        _np(cm.karras_sigmas(3)), [0.002, mid, 80.0], rtol=2e-6
-    )
+    np.testing.assert_allclose(_np(cm.karras_sigmas(3)), [0.002, mid, 80.0], rtol=2e-6)
 
 
 def test_curriculum_matches_the_paper():
@@ -135,8 +133,7 @@ def test_curriculum_matches_the_paper():
 @pytest.mark.parametrize("num_levels", [11, 41, 1281])
 def test_index_probabilities_match_erf(num_levels):
     sigmas = np_karras(num_levels)
-    cdf = [math.erf((math.log(s) + 1.1) / (math.sqrt(2.0) * 2.0))
-           for s in sigmas]
+    cdf = [math.erf((math.log(s) + 1.1) / (math.sqrt(2.0) * 2.0)) for s in sigmas]
     expected = np.diff(cdf)
     expected /= expected.sum()
     probs = _np(cm.index_probabilities(num_levels))
@@ -144,12 +141,10 @@ def test_index_probabilities_match_erf(num_levels):
     np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
     np.testing.assert_allclose(probs, expected, rtol=2e-3, atol=1e-7)
     # Fixed-size form with a tensor N: zeros past the N - 1 pairs.
-    padded = _np(
-        cm.index_probabilities(np.int32(num_levels), max_levels=1281)
-    )
+    padded = _np(cm.index_probabilities(np.int32(num_levels), max_levels=1281))
     assert padded.shape == (1280,)
     np.testing.assert_allclose(padded[: num_levels - 1], probs, rtol=1e-5)
-    assert np.all(padded[num_levels - 1:] == 0.0)
+    assert np.all(padded[num_levels - 1 :] == 0.0)
 
 
 def test_loss_weight_huber_constant_and_distance():
@@ -164,8 +159,7 @@ def test_loss_weight_huber_constant_and_distance():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((2, 3, 4, 4, 2)).astype("float32")
     expected = np.sqrt(((x - y) ** 2).sum(axis=(1, 2, 3)) + 0.03**2) - 0.03
-    np.testing.assert_allclose(_np(cm.pseudo_huber(x, y, 0.03)), expected,
-                               rtol=1e-5)
+    np.testing.assert_allclose(_np(cm.pseudo_huber(x, y, 0.03)), expected, rtol=1e-5)
 
 
 def test_edm_scalings_and_boundary_condition():
@@ -173,9 +167,7 @@ def test_edm_scalings_and_boundary_condition():
     c_skip, c_out, c_in = (_np(c) for c in cm.edm_scalings(sigmas))
     s = sigmas.astype("float64")
     s_min = float(np.float32(S_MIN))  # the float32 boundary, as in the grid
-    np.testing.assert_allclose(
-        c_skip, 0.25 / ((s - s_min) ** 2 + 0.25), rtol=1e-5
-    )
+    np.testing.assert_allclose(c_skip, 0.25 / ((s - s_min) ** 2 + 0.25), rtol=1e-5)
     np.testing.assert_allclose(
         c_out, 0.5 * (s - s_min) / np.sqrt(0.25 + s**2), rtol=1e-5
     )
@@ -191,8 +183,11 @@ def test_edm_scalings_and_boundary_condition():
     np.testing.assert_array_equal(out, x)
     # Elsewhere the network is used: c_skip x + c_out * (c_in x) / 2.
     out = _np(model.consistency_function(x, np.full(3, 0.5, "float32")))
-    c_skip, c_out, c_in = 0.25 / (0.498**2 + 0.25), 0.25 * 0.996 / np.sqrt(
-        0.5), 1 / np.sqrt(0.5)
+    c_skip, c_out, c_in = (
+        0.25 / (0.498**2 + 0.25),
+        0.25 * 0.996 / np.sqrt(0.5),
+        1 / np.sqrt(0.5),
+    )
     np.testing.assert_allclose(out, (c_skip + c_out * c_in / 2) * x, rtol=1e-5)
 
 
@@ -236,8 +231,7 @@ def test_loss_equals_a_hand_computation(digits, loss_type):
         return c_skip * x + c_out * 0.5 * c_in * x
 
     # Step 0 (N = 11), then step 5 (K' = floor(16 / 8) = 2: N = 10 * 4 + 1).
-    for step, num_levels, index in [(0, 11, [0, 3, 9, 5]),
-                                    (5, 41, [0, 20, 39, 7])]:
+    for step, num_levels, index in [(0, 11, [0, 3, 9, 5]), (5, 41, [0, 20, 39, 7])]:
         model.training_steps.assign(step)
         model.forced_index = index
         loss = float(_np(model.compute_loss(x=images)))
@@ -283,7 +277,8 @@ def test_gradient_flows_through_the_student_only(digits):
         [Scale()(inputs[0]), keras.layers.Rescaling(0.0)(inputs[1])]
     )
     model = FixedIndex(
-        keras.Model(inputs, out), assignment=FixedNoise(noise.astype("f4")),
+        keras.Model(inputs, out),
+        assignment=FixedNoise(noise.astype("f4")),
         loss_type="mse",
     )
     model.forced_index = [2, 6]
@@ -348,7 +343,7 @@ def _fixed_loss(model, images):
     step = _np(model.training_steps)
     model.seed_generator.state.assign(np.array([7, 0], state.dtype))
     losses = [
-        float(_np(model.compute_loss(x=images[i:i + 128], training=False)))
+        float(_np(model.compute_loss(x=images[i : i + 128], training=False)))
         for i in range(0, len(images), 128)
     ]
     model.seed_generator.state.assign(state)
@@ -358,9 +353,7 @@ def _fixed_loss(model, images):
 
 @pytest.mark.filterwarnings("ignore:This fit ends at training step")
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])
-def test_training_lowers_the_loss_and_advances_the_curriculum(
-    digits, assignment
-):
+def test_training_lowers_the_loss_and_advances_the_curriculum(digits, assignment):
     # K = 400,000 keeps N(k) = 11 during this run, so the loss measured
     # on a fixed batch with fixed noise and levels is one function of the
     # weights before and after training (with a moving curriculum the raw
@@ -369,8 +362,7 @@ def test_training_lowers_the_loss_and_advances_the_curriculum(
     model = make_model(assignment, seed=1)
     train = digits[:320]
     before = _fixed_loss(model, digits[-256:])
-    history = model.fit(train, batch_size=32, epochs=3, verbose=0,
-                        shuffle=False)
+    history = model.fit(train, batch_size=32, epochs=3, verbose=0, shuffle=False)
     assert int(_np(model.training_steps)) == 30
     model.fit(train, batch_size=32, epochs=1, verbose=0, shuffle=False)
     assert int(_np(model.training_steps)) == 40  # counted across fits
@@ -386,9 +378,9 @@ def test_training_lowers_the_loss_and_advances_the_curriculum(
         model.evaluate(train[:64], batch_size=32, verbose=0)
         assert int(_np(model.training_steps)) == 40
     # One-step samples: finite, in range, not a constant image.
-    raw = _np(model.sample(
-        keras.random.normal((16,) + SHAPE, seed=0), 1, model.sampler, 1
-    ))
+    raw = _np(
+        model.sample(keras.random.normal((16,) + SHAPE, seed=0), 1, model.sampler, 1)
+    )
     assert np.all(np.isfinite(raw)) and np.abs(raw).max() < 3.0
     samples = model.generate(16, steps=1, seed=0)
     assert samples.shape == (16,) + SHAPE and samples.dtype == np.float32
@@ -430,19 +422,26 @@ def _train_short(digits, seed):
     """A model with every constructor argument off its default, trained for
     13 steps in two `fit` calls on a fast curriculum."""
     model = make_model(
-        "linear", seed=seed, total_training_steps=16, sigma_max=60.0,
-        sigma_data=0.6, rho=6.0, initial_levels=8, final_levels=256,
-        p_mean=-1.0, p_std=1.5, loss_type="pseudo_huber", huber_c=0.01,
+        "linear",
+        seed=seed,
+        total_training_steps=16,
+        sigma_max=60.0,
+        sigma_data=0.6,
+        rho=6.0,
+        initial_levels=8,
+        final_levels=256,
+        p_mean=-1.0,
+        p_std=1.5,
+        loss_type="pseudo_huber",
+        huber_c=0.01,
         sampler=ConsistencySampler(sigmas=(60.0, 5.0, 0.5)),
     )
     # K' = floor(16 / (log2(256 / 8) + 1)) = 2, so
     # N(k) = min(8 * 2^floor(k / 2), 256) + 1 moves during the run.
-    model.fit(digits[:96], batch_size=32, epochs=1, verbose=0,
-              shuffle=False)
+    model.fit(digits[:96], batch_size=32, epochs=1, verbose=0, shuffle=False)
     assert int(_np(model.training_steps)) == 3
     assert int(_np(model.num_levels())) == 17
-    model.fit(digits[:160], batch_size=32, epochs=2, verbose=0,
-              shuffle=False)
+    model.fit(digits[:160], batch_size=32, epochs=2, verbose=0, shuffle=False)
     assert int(_np(model.training_steps)) == 13
     assert int(_np(model.num_levels())) == 257  # 8 * 2^6 = 512, capped
     return model
@@ -464,10 +463,22 @@ def test_same_seed_and_save_load_round_trip(digits, tmp_path):
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, ki.ImmiscibleConsistency)
     config, loaded_config = model.get_config(), loaded.get_config()
-    for key in ("total_training_steps", "sigma_min", "sigma_max",
-                "sigma_data", "rho", "initial_levels", "final_levels",
-                "p_mean", "p_std", "loss_type", "huber_c", "sampler",
-                "assignment", "seed"):
+    for key in (
+        "total_training_steps",
+        "sigma_min",
+        "sigma_max",
+        "sigma_data",
+        "rho",
+        "initial_levels",
+        "final_levels",
+        "p_mean",
+        "p_std",
+        "loss_type",
+        "huber_c",
+        "sampler",
+        "assignment",
+        "seed",
+    ):
         assert loaded_config[key] == config[key], key
     assert loaded.sigma_max == 60.0 and loaded.huber_c == 0.01
     assert loaded.sampler.sigmas == [60.0, 5.0, 0.5]
@@ -488,7 +499,8 @@ def test_sampler_levels():
     assert sampler.sigma_sequence(2, S_MIN, S_MAX) == [80.0, 0.821]
     # steps >= 3: the first `steps` levels of the (steps + 1)-level grid.
     np.testing.assert_allclose(
-        sampler.sigma_sequence(4, S_MIN, S_MAX), np_karras(5)[::-1][:4],
+        sampler.sigma_sequence(4, S_MIN, S_MAX),
+        np_karras(5)[::-1][:4],
         rtol=1e-12,
     )
     custom = ConsistencySampler(sigmas=(80.0, 10.0, 1.0))
@@ -508,9 +520,7 @@ def test_sampler_levels():
     assert isinstance(restored, ConsistencySampler)
     assert restored.sigmas == [80.0, 10.0, 1.0]
     with pytest.raises(ValueError, match="sigma_max"):
-        ConsistencySampler(sigmas=(100.0, 1.0)).sigma_sequence(
-            2, S_MIN, S_MAX
-        )
+        ConsistencySampler(sigmas=(100.0, 1.0)).sigma_sequence(2, S_MIN, S_MAX)
 
 
 @pytest.mark.parametrize("sigmas", [(80.0,), (80.0, 0.821), (80.0, 5.0, 0.3)])
@@ -532,9 +542,9 @@ def test_multistep_sampler_on_gaussian_data(sigmas):
         mean = mu + (mean - mu) * ratio(sig)
         var = ratio(sig) ** 2 * (var + sig**2 - S_MIN**2)
     noise = keras.random.normal((40_000, 1), seed=3)
-    out = _np(ConsistencySampler(sigmas).sample(
-        consistency_fn, noise, len(sigmas), seed=4
-    ))
+    out = _np(
+        ConsistencySampler(sigmas).sample(consistency_fn, noise, len(sigmas), seed=4)
+    )
     assert out.mean() == pytest.approx(mean, abs=4 * math.sqrt(var / 40_000))
     assert out.var() == pytest.approx(var, rel=0.03)
     # One step already lands on the data variance (up to sigma_min);
@@ -545,9 +555,7 @@ def test_multistep_sampler_on_gaussian_data(sigmas):
 def test_generate_options():
     model = make_model(None)
     two = model.generate(3, steps=2, seed=1)
-    np.testing.assert_array_equal(
-        two, model.generate(3, seed=1, sigmas=(80.0, 0.821))
-    )
+    np.testing.assert_array_equal(two, model.generate(3, seed=1, sigmas=(80.0, 0.821)))
     three = model.generate(3, seed=1, sigmas=(80.0, 2.0, 0.2))
     assert three.shape == (3,) + SHAPE and not np.allclose(two, three)
     with pytest.raises(ValueError, match="sampler"):

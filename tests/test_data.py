@@ -66,9 +66,7 @@ def _mock_examples(images, labels=None):
 
 def _batches(dataset):
     return [
-        tuple(np.asarray(t) for t in b)
-        if isinstance(b, tuple)
-        else np.asarray(b)
+        tuple(np.asarray(t) for t in b) if isinstance(b, tuple) else np.asarray(b)
         for b in dataset
     ]
 
@@ -89,7 +87,7 @@ def _pil_resize(image, size):
 def _frame(height, width, top, left, size):
     """Zeros with a `size` x `size` square of 255 at (top, left)."""
     image = np.zeros((height, width, 3), "uint8")
-    image[top:top + size, left:left + size] = 255
+    image[top : top + size, left : left + size] = 255
     return image
 
 
@@ -133,8 +131,7 @@ def test_tfds_loader_labels(name):
     labels = [3, 1, 4, 1, 5, 9]
     with tfds.testing.mock_data(as_dataset_fn=_mock_examples(images, labels)):
         batches = _batches(
-            LOADERS[name](batch_size=3, image_size=12, shuffle=False,
-                          with_labels=True)
+            LOADERS[name](batch_size=3, image_size=12, shuffle=False, with_labels=True)
         )
     got_images = np.concatenate([b[0] for b in batches])
     got_labels = np.concatenate([b[1] for b in batches])
@@ -150,9 +147,7 @@ def test_cifar10_native_size_is_exact_and_resize_matches_pillow():
     rng = np.random.default_rng(2)
     images = list(rng.integers(0, 256, (4, 32, 32, 3), dtype="uint8"))
     with tfds.testing.mock_data(as_dataset_fn=_mock_examples(images)):
-        native = _batches(
-            ki.data.load_cifar10(batch_size=4, shuffle=False)
-        )[0]
+        native = _batches(ki.data.load_cifar10(batch_size=4, shuffle=False))[0]
         small = _batches(
             ki.data.load_cifar10(batch_size=4, image_size=8, shuffle=False)
         )[0]
@@ -172,12 +167,10 @@ def test_celeba_center_crop_140():
     shifted = _frame(218, 178, 40, 19, 140)  # one row too low
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (218, 178, 3), dtype="uint8")
-    with tfds.testing.mock_data(
-        as_dataset_fn=_mock_examples([inside, shifted, noise])
-    ):
-        out = _batches(
-            ki.data.load_celeba(batch_size=3, image_size=16, shuffle=False)
-        )[0]
+    with tfds.testing.mock_data(as_dataset_fn=_mock_examples([inside, shifted, noise])):
+        out = _batches(ki.data.load_celeba(batch_size=3, image_size=16, shuffle=False))[
+            0
+        ]
     # Exactly the square: all white. One row off: black leaks in at the top.
     np.testing.assert_array_equal(out[0], np.ones((16, 16, 3), "float32"))
     assert out[1][0].max() < 0.99 and out[1][8:].min() == 1.0
@@ -194,9 +187,7 @@ def test_celeba_ddim_crop():
     noise = rng.integers(0, 256, (218, 178, 3), dtype="uint8")
     with tfds.testing.mock_data(as_dataset_fn=_mock_examples([inside, noise])):
         out = _batches(
-            ki.data.load_celeba(
-                batch_size=2, image_size=8, crop="ddim", shuffle=False
-            )
+            ki.data.load_celeba(batch_size=2, image_size=8, crop="ddim", shuffle=False)
         )[0]
     np.testing.assert_array_equal(out[0], np.ones((8, 8, 3), "float32"))
     reference = np.round(_pil_resize(noise[57:185, 25:153], 8)) / 255.0
@@ -209,13 +200,9 @@ def test_oxford_flowers_center_square_of_any_shape():
     tall = _frame(45, 21, 12, 0, 21)  # centered square: rows 12-32
     rng = np.random.default_rng(5)
     noise = rng.integers(0, 256, (40, 64, 3), dtype="uint8")
-    with tfds.testing.mock_data(
-        as_dataset_fn=_mock_examples([wide, tall, noise])
-    ):
+    with tfds.testing.mock_data(as_dataset_fn=_mock_examples([wide, tall, noise])):
         out = _batches(
-            ki.data.load_oxford_flowers(
-                batch_size=3, image_size=10, shuffle=False
-            )
+            ki.data.load_oxford_flowers(batch_size=3, image_size=10, shuffle=False)
         )[0]
     np.testing.assert_array_equal(out[0], np.ones((10, 10, 3), "float32"))
     np.testing.assert_array_equal(out[1], np.ones((10, 10, 3), "float32"))
@@ -229,9 +216,13 @@ def test_flip_mirrors_some_images_seeded_and_new_each_epoch():
     images = list(rng.integers(0, 256, (16, 8, 8, 3), dtype="uint8"))
     originals = np.stack(images).astype("float32") / 255.0
     with tfds.testing.mock_data(as_dataset_fn=_mock_examples(images)):
+
         def epochs(flip, seed, count):
             dataset = ki.data.load_cifar10(
-                batch_size=16, image_size=8, shuffle=False, flip=flip,
+                batch_size=16,
+                image_size=8,
+                shuffle=False,
+                flip=flip,
                 seed=seed,
             )
             return [_batches(dataset)[0] for _ in range(count)]
@@ -259,10 +250,9 @@ def test_flip_mirrors_some_images_seeded_and_new_each_epoch():
 
 @requires_tfds
 def test_shuffle_is_seeded_and_reshuffles_every_epoch(tmp_path):
-    images = [
-        np.full((4, 4, 3), i * 10, dtype="uint8") for i in range(12)
-    ]
+    images = [np.full((4, 4, 3), i * 10, dtype="uint8") for i in range(12)]
     with tfds.testing.mock_data(as_dataset_fn=_mock_examples(images)):
+
         def order(dataset):
             batch = _batches(dataset)[0]
             return tuple(np.round(batch[:, 0, 0, 0] * 25.5).astype(int))
@@ -307,10 +297,8 @@ def test_tfds_loader_without_data_fails_fast(name, tmp_path):
         (dict(seed=1.5), TypeError, "`seed`"),
         (dict(dtype="float16"), ValueError, "`dtype`"),
         # (checked once tensorflow-datasets is imported)
-        pytest.param(dict(split=""), ValueError, "`split`",
-                     marks=requires_tfds),
-        pytest.param(dict(data_dir=3), TypeError, "`data_dir`",
-                     marks=requires_tfds),
+        pytest.param(dict(split=""), ValueError, "`split`", marks=requires_tfds),
+        pytest.param(dict(data_dir=3), TypeError, "`data_dir`", marks=requires_tfds),
     ],
 )
 def test_tfds_loader_argument_checks(kwargs, error, match):
@@ -352,11 +340,11 @@ def test_from_directory_pixels_order_and_labels(tmp_path):
     dataset = ki.data.from_directory(
         tmp_path, 8, batch_size=4, shuffle=False, with_labels=True
     )
-    (images, labels), = _batches(dataset)
-    expected_order = ["cats/a.png", "cats/b.png", "dogs/d.png",
-                      "dogs/deep/c.PNG"]
-    assert [os.path.relpath(p, tmp_path).replace(os.sep, "/")
-            for p in dataset.file_paths] == expected_order
+    ((images, labels),) = _batches(dataset)
+    expected_order = ["cats/a.png", "cats/b.png", "dogs/d.png", "dogs/deep/c.PNG"]
+    assert [
+        os.path.relpath(p, tmp_path).replace(os.sep, "/") for p in dataset.file_paths
+    ] == expected_order
     assert dataset.class_names == ["cats", "dogs"]
     np.testing.assert_array_equal(labels, [0, 0, 1, 1])
     assert images.dtype == np.float32 and images.shape == (4, 8, 8, 3)
@@ -379,35 +367,33 @@ def test_from_directory_resize_grayscale_and_no_crop(tmp_path):
     assert out.shape == (1, 5, 5, 1)
     # The default "area" resize averages each 4x4 block.
     blocks = grey.reshape(5, 4, 5, 4).astype("float64").mean((1, 3))
-    np.testing.assert_allclose(out[0, ..., 0], np.round(blocks) / 255.0,
-                               atol=1.01 / 255)
+    np.testing.assert_allclose(
+        out[0, ..., 0], np.round(blocks) / 255.0, atol=1.01 / 255
+    )
     # Bilinear, half-pixel centres, not antialiased: output pixel i samples
     # input position 4 i + 1.5, the mean of pixels 4 i + 1 and 4 i + 2.
     out = _batches(
         ki.data.from_directory(
-            tmp_path, 5, batch_size=1, color_mode="grayscale", shuffle=False,
+            tmp_path,
+            5,
+            batch_size=1,
+            color_mode="grayscale",
+            shuffle=False,
             interpolation="bilinear",
         )
     )[0]
     g = grey.astype("float64")
     taps = (g[1::4, 1::4] + g[1::4, 2::4] + g[2::4, 1::4] + g[2::4, 2::4]) / 4
-    np.testing.assert_allclose(out[0, ..., 0], np.round(taps) / 255.0,
-                               atol=1.01 / 255)
+    np.testing.assert_allclose(out[0, ..., 0], np.round(taps) / 255.0, atol=1.01 / 255)
     # A grey PNG read as RGB has three equal channels.
-    rgb = _batches(
-        ki.data.from_directory(tmp_path, 20, batch_size=1, shuffle=False)
-    )[0]
+    rgb = _batches(ki.data.from_directory(tmp_path, 20, batch_size=1, shuffle=False))[0]
     for channel in range(3):
-        np.testing.assert_array_equal(
-            np.round(rgb[0, ..., channel] * 255), grey
-        )
+        np.testing.assert_array_equal(np.round(rgb[0, ..., channel] * 255), grey)
     # crop=None squeezes the whole (non-square) image.
     wide = rng.integers(0, 256, (4, 8, 3), dtype="uint8")
     Image.fromarray(wide).save(tmp_path / "g.png")
     out = _batches(
-        ki.data.from_directory(
-            tmp_path, (4, 8), batch_size=1, crop=None, shuffle=False
-        )
+        ki.data.from_directory(tmp_path, (4, 8), batch_size=1, crop=None, shuffle=False)
     )[0]
     np.testing.assert_array_equal(np.round(out[0] * 255), wide)
 
@@ -486,8 +472,7 @@ def test_from_numpy_values_labels_and_shuffle():
     )
     assert [b.shape[0] for b in batches] == [2, 2, 1]
     np.testing.assert_allclose(np.concatenate(batches), floats, rtol=1e-6)
-    as_uint8 = _batches(ki.data.from_numpy(floats, 5, shuffle=False,
-                                           dtype="uint8"))[0]
+    as_uint8 = _batches(ki.data.from_numpy(floats, 5, shuffle=False, dtype="uint8"))[0]
     np.testing.assert_array_equal(as_uint8, np.round(floats * 255))
 
 
@@ -495,8 +480,7 @@ def test_from_numpy_flip():
     rng = np.random.default_rng(12)
     images = rng.integers(0, 256, (16, 4, 4, 3), dtype="uint8")
     out = _batches(
-        ki.data.from_numpy(images, 16, shuffle=False, flip=True, seed=2,
-                           dtype="uint8")
+        ki.data.from_numpy(images, 16, shuffle=False, flip=True, seed=2, dtype="uint8")
     )[0]
     flipped = [not np.array_equal(o, i) for o, i in zip(out, images)]
     assert 0 < sum(flipped) < 16
@@ -513,12 +497,14 @@ def test_from_numpy_flip():
         (np.full((4, 2, 2, 1), np.nan), {}, ValueError, "NaN"),
         (np.full((4, 2, 2, 1), 2.0), {}, ValueError, r"\[0, 1\]"),
         (np.zeros((4, 2, 2, 1)), dict(labels=[0, 1]), ValueError, "`labels`"),
-        (np.zeros((4, 2, 2, 1)), dict(labels=[0.5] * 4), TypeError,
-         "`labels`"),
-        (np.zeros((2, 2, 2, 1)), dict(batch_size=3), ValueError,
-         "fewer than batch_size"),
-        (np.zeros((4, 2, 2, 1)), dict(batch_size=0), ValueError,
-         "`batch_size`"),
+        (np.zeros((4, 2, 2, 1)), dict(labels=[0.5] * 4), TypeError, "`labels`"),
+        (
+            np.zeros((2, 2, 2, 1)),
+            dict(batch_size=3),
+            ValueError,
+            "fewer than batch_size",
+        ),
+        (np.zeros((4, 2, 2, 1)), dict(batch_size=0), ValueError, "`batch_size`"),
     ],
 )
 def test_from_numpy_checks(images, kwargs, error, match):
@@ -537,7 +523,7 @@ def test_load_digits_backwards_compatible():
     images = ki.data.load_digits()
     np.testing.assert_array_equal(images[..., 0], raw.images / 16.0)
     images, labels = ki.data.load_digits("test", "uint8", True, 0)
-    order = np.random.default_rng(0).permutation(1797)[int(0.8 * 1797):]
+    order = np.random.default_rng(0).permutation(1797)[int(0.8 * 1797) :]
     np.testing.assert_array_equal(labels, raw.target[order])
     np.testing.assert_array_equal(
         images[..., 0], np.round(raw.images[order] / 16.0 * 255)
@@ -560,14 +546,17 @@ def test_load_digits_upsampled(size):
     bilinear = ki.data.load_digits(
         split="test", image_size=size, interpolation="bilinear"
     )
-    reference = np.stack([
-        scipy.ndimage.zoom(b, factor, order=1, grid_mode=True, mode="nearest")
-        for b in base
-    ])
+    reference = np.stack(
+        [
+            scipy.ndimage.zoom(b, factor, order=1, grid_mode=True, mode="nearest")
+            for b in base
+        ]
+    )
     np.testing.assert_allclose(bilinear[..., 0], reference, atol=1e-6)
     assert 0.0 <= bilinear.min() and bilinear.max() <= 1.0
-    as_uint8 = ki.data.load_digits(split="test", dtype="uint8",
-                                   image_size=size, interpolation="bilinear")
+    as_uint8 = ki.data.load_digits(
+        split="test", dtype="uint8", image_size=size, interpolation="bilinear"
+    )
     np.testing.assert_array_equal(as_uint8, np.round(bilinear * 255))
 
 
@@ -588,9 +577,7 @@ def test_digits_dataset():
     dataset = ki.data.digits_dataset(
         100, image_size=16, split="train", with_labels=True, seed=0
     )
-    images, labels = ki.data.load_digits(
-        "train", return_labels=True, image_size=16
-    )
+    images, labels = ki.data.load_digits("train", return_labels=True, image_size=16)
     batches = _batches(dataset)
     assert len(batches) == len(images) // 100
     got, got_labels = batches[0]
@@ -643,13 +630,14 @@ def test_import_without_tensorflow():
         backend = "jax"
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True,
-        text=True, timeout=120,
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    errors = [
-        line for line in result.stdout.splitlines() if line.startswith("ERROR:")
-    ]
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR:")]
     assert len(errors) == 2
     assert "keras-immiscible[tfds" in errors[0]
     assert "tensorflow" in errors[1]
@@ -660,7 +648,9 @@ def test_import_without_tensorflow():
 
 def _tiny_model():
     network = ki.layers.UNet(
-        image_shape=(8, 8, 3), widths=(8, 16), block_depth=1,
+        image_shape=(8, 8, 3),
+        widths=(8, 16),
+        block_depth=1,
         embedding_dims=8,
     )
     # KNN assignment runs on the device and compiles on every backend (the
@@ -685,18 +675,14 @@ def test_every_tfds_loader_trains_one_step():
 def test_local_loaders_train_one_step(tmp_path):
     rng = np.random.default_rng(13)
     for i in range(4):
-        Image.fromarray(
-            rng.integers(0, 256, (10, 12, 3), dtype="uint8")
-        ).save(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype="uint8")).save(
+            tmp_path / f"{i}.png"
+        )
     model = _tiny_model()
     datasets = {
-        "from_directory": ki.data.from_directory(
-            tmp_path, 8, batch_size=4, seed=0
-        ),
+        "from_directory": ki.data.from_directory(tmp_path, 8, batch_size=4, seed=0),
         # (`digits_dataset` is `from_numpy` on `load_digits`' arrays.)
-        "from_numpy": ki.data.from_numpy(
-            rng.uniform(0, 1, (8, 8, 8, 3)), 4, seed=0
-        ),
+        "from_numpy": ki.data.from_numpy(rng.uniform(0, 1, (8, 8, 8, 3)), 4, seed=0),
     }
     for name, dataset in datasets.items():
         _check_one_step(model, dataset, name)

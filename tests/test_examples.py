@@ -122,9 +122,7 @@ CASES = {
         "optimizer": ("keras>Adam", {"global_clipnorm": None}),
     },
 }
-HERE = sorted(
-    name for name, case in CASES.items() if case["backend"] == BACKEND
-)
+HERE = sorted(name for name, case in CASES.items() if case["backend"] == BACKEND)
 
 
 def load_example(name):
@@ -219,9 +217,7 @@ def grid_tiles(path, count, size, channels, scale):
     for i in range(count):
         top = 1 + (i // cols) * (tile + 1)
         left = 1 + (i % cols) * (tile + 1)
-        tiles.append(
-            image[top : top + tile : scale, left : left + tile : scale]
-        )
+        tiles.append(image[top : top + tile : scale, left : left + tile : scale])
     return np.stack(tiles)
 
 
@@ -252,9 +248,7 @@ def test_example_quick_run(name, quick_runs):
     scale = max(1, 32 // size)
     for path in ("samples/epoch_0001.png", "samples/epoch_0002.png"):
         grid_tiles(output / path, GRID_IMAGES, size, channels, scale)
-    final = grid_tiles(
-        output / "samples.png", GRID_IMAGES, size, channels, scale
-    )
+    final = grid_tiles(output / "samples.png", GRID_IMAGES, size, channels, scale)
     assert final.std() > 0  # not a blank grid
 
     # The saved model reloads and generates the final grid's images again.
@@ -274,9 +268,7 @@ def test_example_quick_run(name, quick_runs):
     # The checkpoint holds the optimizer at the last step, with its EMA.
     checkpoint = keras.models.load_model(output / "checkpoints" / "last.keras")
     optimizer = checkpoint.optimizer
-    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == (
-        QUICK_STEPS
-    )
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == (QUICK_STEPS)
     registered, expected = case["optimizer"]
     package = type(optimizer).__module__.split(".")[0]
     assert f"{package}>{type(optimizer).__name__}" == registered
@@ -337,13 +329,19 @@ def check_digits_resume(name, quick_runs, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.raises(OSError, match="Could not load the backup"):
         example.main(
-            ["--quick", "--resume", "--output", str(damaged),
-             *CASES[name]["flags"]]
+            ["--quick", "--resume", "--output", str(damaged), *CASES[name]["flags"]]
         )
     # --resume without a backup says so.
     with pytest.raises(FileNotFoundError, match="no backup"):
-        example.main(["--quick", "--resume", "--output",
-                      str(tmp_path / "empty"), *CASES[name]["flags"]])
+        example.main(
+            [
+                "--quick",
+                "--resume",
+                "--output",
+                str(tmp_path / "empty"),
+                *CASES[name]["flags"],
+            ]
+        )
 
     # Resumed and uninterrupted, both as subprocesses (same threads, same
     # process state).
@@ -363,10 +361,15 @@ def check_digits_resume(name, quick_runs, tmp_path):
     reference = keras.models.load_model(uninterrupted / "model.keras")
     assert len(model.variables) == len(reference.variables)
     difference = max(
-        float(np.max(np.abs(
-            keras.ops.convert_to_numpy(a).astype("float64")
-            - keras.ops.convert_to_numpy(b).astype("float64")
-        ), initial=0.0))
+        float(
+            np.max(
+                np.abs(
+                    keras.ops.convert_to_numpy(a).astype("float64")
+                    - keras.ops.convert_to_numpy(b).astype("float64")
+                ),
+                initial=0.0,
+            )
+        )
         for a, b in zip(model.variables, reference.variables)
     )
     assert difference == 0.0, difference
@@ -417,9 +420,7 @@ def test_example_defaults_are_the_papers():
     assert (consistency.steps, consistency.loss) == (800_000, "pseudo_huber")
     # 10M images of warm-up at batch 512.
     assert consistency.warmup_steps == 10_000_000 // 512
-    assert "consistency_models_cifar10" in (
-        consistency_module.CONFIG["steps"].source
-    )
+    assert "consistency_models_cifar10" in (consistency_module.CONFIG["steps"].source)
 
     flowers_module = load_example("ddim_oxford_flowers")
     flowers = flowers_module.parse_args([])
@@ -506,9 +507,7 @@ def test_quick_flags_and_explicit_flags():
     # An explicit flag wins over both the paper and the quick value.
     mixed = module.parse_args(["--quick", "--batch-size", "8", "--no-quantize"])
     assert (mixed.batch_size, mixed.quantize) == (8, False)
-    assert module.parse_args(
-        ["--widths", "8,16", "--attention", ""]
-    ).widths == (8, 16)
+    assert module.parse_args(["--widths", "8,16", "--attention", ""]).widths == (8, 16)
     assert module.parse_args(["--attention", ""]).attention == ()
     for bad in (
         ["--quick", "--image-size", "12"],  # the digits stand-in: 8, 16, 32
@@ -535,8 +534,7 @@ def test_digits_features_map_upsampled_digits_back():
         upsampled = ki.data.load_digits(image_size=size)[:40]
         for images in (upsampled, np.repeat(upsampled, 3, axis=-1)):
             features = common.digits_features(size)(images)
-            np.testing.assert_allclose(features, reference, rtol=1e-5,
-                                       atol=1e-5)
+            np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-5)
 
 
 def check_real_run_without_data_fails_at_once(tmp_path):
@@ -559,10 +557,28 @@ def check_real_run_without_data_fails_at_once(tmp_path):
 # The real-data path at its smallest: 2 steps of batch 4 at 16x16, KID/FID
 # of 4 generated against 6 real images.
 TINY_REAL_RUN = [
-    "--image-size", "16", "--batch-size", "4", "--steps", "2",
-    "--eval-every", "2", "--widths", "8,16", "--block-depth", "1",
-    "--eval-images", "4", "--eval-real-images", "6", "--grid-images", "4",
-    "--sampling-steps", "2", "--inception-weights", "none",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--steps",
+    "2",
+    "--eval-every",
+    "2",
+    "--widths",
+    "8,16",
+    "--block-depth",
+    "1",
+    "--eval-images",
+    "4",
+    "--eval-real-images",
+    "6",
+    "--grid-images",
+    "4",
+    "--sampling-steps",
+    "2",
+    "--inception-weights",
+    "none",
 ]
 
 
@@ -592,8 +608,14 @@ def check_tfds_data_under_mock_data(tmp_path, monkeypatch):
         output = tmp_path / name
         with tfds.testing.mock_data(num_examples=10):
             result = load_example(name).main(
-                [*TINY_REAL_RUN, *extra, "--image-size", str(size),
-                 "--output", str(output)]
+                [
+                    *TINY_REAL_RUN,
+                    *extra,
+                    "--image-size",
+                    str(size),
+                    "--output",
+                    str(output),
+                ]
             )
         model = result["model"]
         assert tuple(model.image_shape) == (size, size, 3)
@@ -609,9 +631,7 @@ def check_tfds_data_under_mock_data(tmp_path, monkeypatch):
 # Checks that need one backend run once per CI run (which runs this file
 # under every backend): defined only in the session of that backend.
 if BACKEND == CASES["consistency_cifar10"]["backend"]:
-    test_resume_continues_from_saved_step = (
-        check_resume_continues_from_saved_step
-    )
+    test_resume_continues_from_saved_step = check_resume_continues_from_saved_step
 if BACKEND == CASES["train_digits"]["backend"]:
 
     def test_digits_flow_resume(quick_runs, tmp_path):
@@ -623,8 +643,7 @@ if BACKEND == CASES["train_digits_ddim"]["backend"]:
     def test_digits_ddim_resume(quick_runs, tmp_path):
         check_digits_resume("train_digits_ddim", quick_runs, tmp_path)
 
+
 if BACKEND == "tensorflow":
-    test_real_run_without_data_fails_at_once = (
-        check_real_run_without_data_fails_at_once
-    )
+    test_real_run_without_data_fails_at_once = check_real_run_without_data_fails_at_once
     test_tfds_data_under_mock_data = check_tfds_data_under_mock_data

@@ -145,20 +145,18 @@ def train_script(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_kill_mid_epoch_and_resume_is_the_uninterrupted_run(
-    train_script, tmp_path
-):
+def test_kill_mid_epoch_and_resume_is_the_uninterrupted_run(train_script, tmp_path):
     reference_file = tmp_path / "reference.npz"
     _run_script(train_script, reference_file, tmp_path / "unused", -1, "ki")
     backup = tmp_path / "backup"
     resumed_file = tmp_path / "resumed.npz"
-    _run_script(
-        train_script, resumed_file, backup, KILL_AT, "ki", expect_kill=True
-    )
+    _run_script(train_script, resumed_file, backup, KILL_AT, "ki", expect_kill=True)
     # Killed after step 7: the backup is the one of step 6, inside epoch 1.
     metadata = json.loads((backup / "training_metadata.json").read_text())
     assert (metadata["epoch"], metadata["batches_done"], metadata["step"]) == (
-        1, 2, 6,
+        1,
+        2,
+        6,
     )
     assert not os.path.exists(resumed_file)
     _run_script(train_script, resumed_file, backup, -1, "ki")
@@ -166,16 +164,18 @@ def test_kill_mid_epoch_and_resume_is_the_uninterrupted_run(
 
     reference, resumed = np.load(reference_file), np.load(resumed_file)
     differences = _differences(reference, resumed)
-    print(f"{BACKEND}: max abs difference, resumed vs uninterrupted:",
-          differences)
+    print(f"{BACKEND}: max abs difference, resumed vs uninterrupted:", differences)
     assert set(differences) == {
-        "weights", "noise moments", "seed state", "optimizer step",
-        "optimizer moments", "EMA weights",
+        "weights",
+        "noise moments",
+        "seed state",
+        "optimizer step",
+        "optimizer moments",
+        "EMA weights",
     }
     # The CPU backends are deterministic: bit for bit.
     assert all(d == 0.0 for d in differences.values()), differences
-    step = [k for k in reference if k.endswith("iteration")
-            or k.endswith("iterations")]
+    step = [k for k in reference if k.endswith("iteration") or k.endswith("iterations")]
     assert int(resumed[step[0]]) == EPOCHS * STEPS_PER_EPOCH
 
 
@@ -184,17 +184,13 @@ def test_kill_mid_epoch_and_resume_is_the_uninterrupted_run(
 
 def _model(learning_rate=1e-3, family=ki.ImmiscibleFlowMatching):
     keras.utils.set_random_seed(0)
-    network = ki.layers.UNet(
-        (8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8
-    )
+    network = ki.layers.UNet((8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8)
     model = family(network, assignment="knn", seed=1)
     # Eager steps: the callback does not care, and tracing and compiling
     # would take most of these tests' time. (The subprocess test above runs
     # compiled steps.)
     model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate, use_ema=True, ema_momentum=0.9
-        ),
+        optimizer=keras.optimizers.AdamW(learning_rate, use_ema=True, ema_momentum=0.9),
         run_eagerly=True,
     )
     return model
@@ -231,8 +227,7 @@ class _StepTo(keras.optimizers.schedules.LearningRateSchedule):
 
 def _all_finite(model):
     return all(
-        np.all(np.isfinite(keras.ops.convert_to_numpy(v)))
-        for v in model.weights
+        np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.weights
     )
 
 
@@ -276,8 +271,9 @@ def test_nan_loss_stops_fit_and_keeps_the_last_good_backup(tmp_path):
     restored.optimizer.build(restored.trainable_variables)
     restored.load_weights(backup_dir / metadata["weights"])
     assert _all_finite(restored)
-    assert int(keras.ops.convert_to_numpy(restored.optimizer.iterations)) == (
-        metadata["step"]
+    assert (
+        int(keras.ops.convert_to_numpy(restored.optimizer.iterations))
+        == (metadata["step"])
     )
     assert _all_finite(keras.saving.load_model(checkpoint))
     assert sorted(os.listdir(backup_dir)) == sorted(
@@ -327,9 +323,7 @@ def test_keras_terminate_on_nan_alone_lets_a_nan_backup_through(tmp_path):
     assert not os.path.exists(backup_dir)  # ...and no backup left at all
 
 
-def test_interrupted_backup_write_keeps_the_previous_backup(
-    tmp_path, monkeypatch
-):
+def test_interrupted_backup_write_keeps_the_previous_backup(tmp_path, monkeypatch):
     """A backup is committed by the atomic rename of its metadata: a write
     that dies half-way (here: the state file of the second backup raises)
     leaves the first backup in use, and the restarted run resumes from it
@@ -372,7 +366,9 @@ def test_interrupted_backup_write_keeps_the_previous_backup(
 def test_damaged_backup_errors_or_falls_back_to_the_previous(tmp_path):
     backup_dir = tmp_path / "backup"
     callback = ki.callbacks.BackupAndRestore(
-        backup_dir, save_freq=2, double_checkpoint=True,
+        backup_dir,
+        save_freq=2,
+        double_checkpoint=True,
         delete_checkpoint=False,
     )
     _model().fit(_digits(), epochs=1, callbacks=[callback], verbose=0)
@@ -384,7 +380,9 @@ def test_damaged_backup_errors_or_falls_back_to_the_previous(tmp_path):
     # With the previous backup: a warning, and training resumes from it.
     model = _model()
     callback = ki.callbacks.BackupAndRestore(
-        backup_dir, save_freq=2, double_checkpoint=True,
+        backup_dir,
+        save_freq=2,
+        double_checkpoint=True,
         delete_checkpoint=False,
     )
     with pytest.warns(UserWarning, match="loading the previous one"):
@@ -406,8 +404,7 @@ def test_backup_of_another_model_is_refused(tmp_path):
         backup_dir, save_freq=2, delete_checkpoint=False
     )
     data = _digits()
-    _model().fit(data, epochs=1, steps_per_epoch=2, callbacks=[callback],
-                 verbose=0)
+    _model().fit(data, epochs=1, steps_per_epoch=2, callbacks=[callback], verbose=0)
     other = _model(family=ki.ImmiscibleDiffusion)
     with pytest.raises(ValueError, match="written by a ImmiscibleFlowMatching"):
         other.fit(data, epochs=2, callbacks=[callback], verbose=0)
@@ -455,16 +452,19 @@ def test_from_directory_names_the_files_it_cannot_use(tmp_path):
 
     # Alpha and CMYK channels: refused, every file named.
     _write(tmp_path / "rgba.png", rng.integers(0, 256, (8, 8, 4), "uint8"))
-    _write(tmp_path / "cmyk.jpg", rng.integers(0, 256, (8, 8, 4), "uint8"),
-           mode="CMYK")
-    _write(tmp_path / "grey_alpha.png",
-           rng.integers(0, 256, (8, 8, 2), "uint8"), mode="LA")
+    _write(tmp_path / "cmyk.jpg", rng.integers(0, 256, (8, 8, 4), "uint8"), mode="CMYK")
+    _write(
+        tmp_path / "grey_alpha.png", rng.integers(0, 256, (8, 8, 2), "uint8"), mode="LA"
+    )
     with pytest.raises(ValueError) as error:
         ki.data.from_directory(tmp_path, 8, 2, color_mode="grayscale")
     message = str(error.value)
     assert "3 of the 5 image files cannot be used" in message
-    for name, what in [("rgba.png", "alpha channel"), ("cmyk.jpg", "CMYK"),
-                       ("grey_alpha.png", "grey + alpha")]:
+    for name, what in [
+        ("rgba.png", "alpha channel"),
+        ("cmyk.jpg", "CMYK"),
+        ("grey_alpha.png", "grey + alpha"),
+    ]:
         assert name in message and what in message
 
 

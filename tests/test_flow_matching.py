@@ -61,8 +61,11 @@ def test_loss_regresses_the_straight_path_velocity(digits):
 
 def test_logit_normal_times_follow_their_distribution():
     model = ki.ImmiscibleFlowMatching(
-        tiny_unet(), time_sampling="logit_normal", logit_mean=0.5,
-        logit_std=0.8, seed=0,
+        tiny_unet(),
+        time_sampling="logit_normal",
+        logit_mean=0.5,
+        logit_std=0.8,
+        seed=0,
     )
     t = keras.ops.convert_to_numpy(model.sample_times(4000))
     assert t.min() > 0.0 and t.max() < 1.0
@@ -77,13 +80,9 @@ def test_logit_normal_times_follow_their_distribution():
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])
 def test_training_lowers_the_loss(digits, assignment):
     keras.utils.set_random_seed(0)
-    model = ki.ImmiscibleFlowMatching(
-        tiny_unet(), assignment=assignment, seed=0
-    )
+    model = ki.ImmiscibleFlowMatching(tiny_unet(), assignment=assignment, seed=0)
     model.compile(optimizer=keras.optimizers.AdamW(3e-3))
-    history = model.fit(
-        digits[:512], batch_size=64, epochs=4, verbose=0, shuffle=False
-    )
+    history = model.fit(digits[:512], batch_size=64, epochs=4, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
     gains = history.history["assignment_gain"]
@@ -140,11 +139,13 @@ def test_samplers_agree_as_steps_grow(random_field):
         # little: 0.03 here).
         errors[sampler] = np.mean(np.abs(samples - fine))
         assert errors[sampler] < (0.05 if sampler == "ddim" else 0.01), (
-            sampler, errors)
+            sampler,
+            errors,
+        )
     euler = {
-        steps: np.mean(np.abs(
-            model.generate(8, steps=steps, sampler="euler", seed=3) - fine
-        ))
+        steps: np.mean(
+            np.abs(model.generate(8, steps=steps, sampler="euler", seed=3) - fine)
+        )
         for steps in (2, 8, 32)
     }
     # Euler's error shrinks with the step count and was not small to begin

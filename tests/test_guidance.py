@@ -23,7 +23,10 @@ def class_unet(seed):
     """
     keras.utils.set_random_seed(seed)
     network = ki.layers.UNet(
-        image_shape=SHAPE, widths=(8, 16), block_depth=1, embedding_dims=8,
+        image_shape=SHAPE,
+        widths=(8, 16),
+        block_depth=1,
+        embedding_dims=8,
         num_classes=NUM_CLASSES,
     )
     rng = np.random.default_rng(seed)
@@ -37,9 +40,7 @@ def class_unet(seed):
 
 
 FAMILIES = {
-    "ddim": lambda net: ki.ImmiscibleDiffusion(
-        net, assignment=None, label_dropout=0.1
-    ),
+    "ddim": lambda net: ki.ImmiscibleDiffusion(net, assignment=None, label_dropout=0.1),
     "flow-euler": lambda net: ki.ImmiscibleFlowMatching(
         net, assignment=None, label_dropout=0.1
     ),
@@ -58,23 +59,19 @@ def test_guidance_scales_one_and_zero_are_the_two_models(family):
     labels = np.array([0, 1, 2, 1])
     steps = 1 if family == "consistency" else 4
     conditional = model.generate(4, steps=steps, seed=3, labels=labels)
-    unconditional = model.generate(
-        4, steps=steps, seed=3, labels=np.full(4, NULL)
-    )
+    unconditional = model.generate(4, steps=steps, seed=3, labels=np.full(4, NULL))
     # The labels matter here, so the identities below are not 0 == 0.
     assert np.abs(conditional - unconditional).mean() > 1e-2
     np.testing.assert_array_equal(
-        model.generate(4, steps=steps, seed=3, labels=labels,
-                       guidance_scale=1.0),
+        model.generate(4, steps=steps, seed=3, labels=labels, guidance_scale=1.0),
         conditional,
     )
     np.testing.assert_allclose(
-        model.generate(4, steps=steps, seed=3, labels=labels,
-                       guidance_scale=0.0),
-        unconditional, atol=1e-4,
+        model.generate(4, steps=steps, seed=3, labels=labels, guidance_scale=0.0),
+        unconditional,
+        atol=1e-4,
     )
-    strong = model.generate(4, steps=steps, seed=3, labels=labels,
-                            guidance_scale=3.0)
+    strong = model.generate(4, steps=steps, seed=3, labels=labels, guidance_scale=3.0)
     assert np.abs(strong - conditional).mean() > 1e-3
 
 
@@ -93,14 +90,17 @@ def test_guided_prediction_is_the_extrapolation():
         network([noisy, level, np.full(5, NULL, "int32")])
     )
     for scale in (0.0, 1.0, 2.5):
-        guided = model._guided(network, scale, NULL)([
-            keras.ops.convert_to_tensor(noisy),
-            keras.ops.convert_to_tensor(level),
-            keras.ops.convert_to_tensor(labels),
-        ])
+        guided = model._guided(network, scale, NULL)(
+            [
+                keras.ops.convert_to_tensor(noisy),
+                keras.ops.convert_to_tensor(level),
+                keras.ops.convert_to_tensor(labels),
+            ]
+        )
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(guided),
-            uncond + scale * (cond - uncond), atol=1e-5,
+            uncond + scale * (cond - uncond),
+            atol=1e-5,
         )
 
 
@@ -136,12 +136,19 @@ def test_label_dropout_reaches_the_training_loss():
         losses[dropout] = []
         for training in (True, False):
             model = ki.ImmiscibleDiffusion(
-                class_unet(seed=7), schedule=FixedTime(), assignment=None,
-                label_dropout=dropout, seed=0,
+                class_unet(seed=7),
+                schedule=FixedTime(),
+                assignment=None,
+                label_dropout=dropout,
+                seed=0,
             )
-            losses[dropout].append(float(keras.ops.convert_to_numpy(
-                model.compute_loss(x=images, y=labels, training=training)
-            )))
+            losses[dropout].append(
+                float(
+                    keras.ops.convert_to_numpy(
+                        model.compute_loss(x=images, y=labels, training=training)
+                    )
+                )
+            )
     # Same seed, same noise, fixed times: only the dropped labels differ,
     # and only in training (evaluation uses the labels as they are).
     assert losses[0.0][0] != losses[0.5][0]

@@ -52,8 +52,11 @@ def small_models(channels=1, latent_channels=2, size=4, seed=0):
             keras.Input((size, size, channels)),
             keras.layers.AveragePooling2D(2),
             keras.layers.Conv2D(
-                latent_channels, 1, kernel_initializer=init,
-                bias_initializer=init, name="enc_conv",
+                latent_channels,
+                1,
+                kernel_initializer=init,
+                bias_initializer=init,
+                name="enc_conv",
             ),
         ],
         name="small_encoder",
@@ -63,7 +66,10 @@ def small_models(channels=1, latent_channels=2, size=4, seed=0):
             keras.Input((size // 2, size // 2, latent_channels)),
             keras.layers.UpSampling2D(2),
             keras.layers.Conv2D(
-                channels, 1, kernel_initializer=init, bias_initializer=init,
+                channels,
+                1,
+                kernel_initializer=init,
+                bias_initializer=init,
                 name="dec_conv",
             ),
         ],
@@ -111,9 +117,7 @@ def test_autoencoder_encode_decode_against_numpy():
     """encode = s * encoder(map(images)) and decode = unmap(decoder(z / s)),
     with [0, 1] <-> [-1, 1] mapping, computed in numpy."""
     encoder, decoder = small_models()
-    ae = Autoencoder(
-        encoder, decoder, scaling_factor=0.5, model_range=(-1, 1)
-    )
+    ae = Autoencoder(encoder, decoder, scaling_factor=0.5, model_range=(-1, 1))
     assert ae.image_shape == (4, 4, 1)
     assert ae.latent_shape == (2, 2, 2)
     assert ae.scaling_factor == 0.5
@@ -132,30 +136,20 @@ def test_autoencoder_encode_decode_against_numpy():
         to_numpy(ae.decode(z, clip=False)), unclipped, rtol=1e-5, atol=1e-5
     )
     decoded = to_numpy(ae.decode(z))
-    np.testing.assert_allclose(
-        decoded, np.clip(unclipped, 0, 1), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(decoded, np.clip(unclipped, 0, 1), rtol=1e-5, atol=1e-5)
     assert decoded.min() >= 0.0 and decoded.max() <= 1.0
     # The model call is the reconstruction without the clip.
-    np.testing.assert_allclose(
-        to_numpy(ae(x)), unclipped, rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(to_numpy(ae(x)), unclipped, rtol=1e-5, atol=1e-5)
 
 
 def test_autoencoder_uint8_and_other_image_range():
     """uint8 images are read as 0-255 whatever `image_range` is; float
     images are mapped from `image_range` to `model_range`."""
     encoder, decoder = small_models()
-    ae = Autoencoder(
-        encoder, decoder, image_range=(-1, 1), model_range=(0, 255)
-    )
+    ae = Autoencoder(encoder, decoder, image_range=(-1, 1), model_range=(0, 255))
     x8 = (images() * 255).round().astype(np.uint8)
-    expected = conv1x1(
-        encoder.get_layer("enc_conv"), pool2(x8.astype(np.float32))
-    )
-    np.testing.assert_allclose(
-        to_numpy(ae.encode(x8)), expected, rtol=1e-5, atol=1e-3
-    )
+    expected = conv1x1(encoder.get_layer("enc_conv"), pool2(x8.astype(np.float32)))
+    np.testing.assert_allclose(to_numpy(ae.encode(x8)), expected, rtol=1e-5, atol=1e-3)
     as_float = x8.astype(np.float32) / 255.0 * 2.0 - 1.0  # in image_range
     np.testing.assert_allclose(
         to_numpy(ae.encode(as_float)), expected, rtol=1e-5, atol=1e-3
@@ -179,12 +173,10 @@ def test_autoencoder_callables_and_shape_inference():
     x = np.random.default_rng(1).random((3, 4, 6, 3), dtype=np.float32)
     b, h, w, c = x.shape
     pooled = x.reshape(b, 2, 2, 3, 2, c).mean(axis=(2, 4))
-    np.testing.assert_allclose(
-        to_numpy(ae.encode(x)), 2 * pooled, rtol=1e-6, atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(ae.encode(x)), 2 * pooled, rtol=1e-6, atol=1e-6)
     unknown = Autoencoder(CountingEncoder(), lambda z: z)
     with pytest.raises(ValueError, match="image_shape"):
-        unknown.latent_shape
+        _ = unknown.latent_shape
     with pytest.raises(ValueError, match="encode takes images of shape"):
         ae.encode(np.zeros((1, 4, 4, 3), "float32"))
     with pytest.raises(ValueError, match="decode takes latents of shape"):
@@ -208,9 +200,7 @@ def test_autoencoder_argument_checks():
 
 def gaussian_encoder(x):
     """Posterior mean x, std 0.5 (log-variance log 0.25)."""
-    return ops.concatenate(
-        [x, ops.full_like(x, math.log(0.25))], axis=-1
-    )
+    return ops.concatenate([x, ops.full_like(x, math.log(0.25))], axis=-1)
 
 
 def test_diagonal_gaussian_posterior():
@@ -237,7 +227,9 @@ def test_diagonal_gaussian_posterior():
     assert np.abs(g1 - g2).max() > 0.1
     # An odd number of encoder channels cannot be a mean and a log-variance.
     odd = Autoencoder(
-        lambda x: x, lambda z: z, posterior="diagonal_gaussian",
+        lambda x: x,
+        lambda z: z,
+        posterior="diagonal_gaussian",
         image_shape=(2, 2, 3),
     )
     with pytest.raises(ValueError, match="even number of channels"):
@@ -256,9 +248,7 @@ def test_autoencoder_keras_file_round_trip(tmp_path):
         model_range=(0, 1),
         name="tiny_ae",
     )
-    x = np.random.default_rng(2).uniform(-1, 1, (3, 8, 8, 3)).astype(
-        "float32"
-    )
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 8, 8, 3)).astype("float32")
     z = to_numpy(ae.encode(x))
     path = os.path.join(tmp_path, "ae.keras")
     ae.save(path)
@@ -300,9 +290,7 @@ def test_autoencoder_fits_as_a_reconstruction_model():
     ae.fit(x, x, epochs=10, batch_size=16, verbose=0)
     after = ae.evaluate(x, x, verbose=0)
     assert after < 0.9 * before
-    np.testing.assert_allclose(
-        after, np.mean((to_numpy(ae(x)) - x) ** 2), rtol=1e-4
-    )
+    np.testing.assert_allclose(after, np.mean((to_numpy(ae(x)) - x) ** 2), rtol=1e-4)
 
 
 # ------------------------------------------------------------ encode_dataset
@@ -319,9 +307,7 @@ def test_encode_dataset_arrays_and_labels():
     np.testing.assert_allclose(latents, expected, rtol=1e-6)
     np.testing.assert_allclose(latents, 0.5 * 2 * pool2(x), rtol=1e-6)
     assert latents.dtype == np.float32 and latents.shape == (7, 2, 2, 1)
-    out_latents, out_labels = encode_dataset(
-        ae, (x, labels), batch_size=4, verbose=0
-    )
+    out_latents, out_labels = encode_dataset(ae, (x, labels), batch_size=4, verbose=0)
     np.testing.assert_allclose(out_latents, expected, rtol=1e-6)
     np.testing.assert_array_equal(out_labels, labels)
     with pytest.raises(ValueError, match="7 images but 6 labels"):
@@ -337,9 +323,7 @@ def test_encode_dataset_tf_data_labels_aligned():
     index = np.arange(10, dtype=np.int64)
     per_image = 0.5 * 2 * pool2(x)
     for batched in (False, True):
-        dataset = tf.data.Dataset.from_tensor_slices((x, index)).shuffle(
-            10, seed=1
-        )
+        dataset = tf.data.Dataset.from_tensor_slices((x, index)).shuffle(10, seed=1)
         if batched:
             dataset = dataset.batch(4)
         latents, labels = encode_dataset(ae, dataset, batch_size=3, verbose=0)
@@ -386,8 +370,7 @@ def test_encode_dataset_npz_cache(tmp_path, capsys):
     with pytest.raises(ValueError, match="dataset has labels and the cache"):
         encode_dataset(ae, (x, labels), path=plain, verbose=0)
     with pytest.raises(ValueError, match="scaling_factor"):
-        encode_dataset(counting_autoencoder(0.25)[0], (x, labels), path=path,
-                       verbose=0)
+        encode_dataset(counting_autoencoder(0.25)[0], (x, labels), path=path, verbose=0)
     with pytest.raises(ValueError, match="5 images"):
         encode_dataset(ae, (x[:5], labels[:5]), path=path, verbose=0)
     with pytest.raises(ValueError, match="sample=False"):
@@ -398,17 +381,18 @@ def test_encode_dataset_samples_with_seed():
     """sample=True with an int seed: reproducible, one fresh draw per batch
     (not the same noise in every batch)."""
     ae = Autoencoder(
-        gaussian_encoder, lambda z: z, scaling_factor=1.0,
-        posterior="diagonal_gaussian", image_shape=(4, 4, 1),
+        gaussian_encoder,
+        lambda z: z,
+        scaling_factor=1.0,
+        posterior="diagonal_gaussian",
+        image_shape=(4, 4, 1),
     )
     x = np.zeros((8, 4, 4, 1), "float32")
     a = encode_dataset(ae, x, batch_size=4, sample=True, seed=7, verbose=0)
     b = encode_dataset(ae, x, batch_size=4, sample=True, seed=7, verbose=0)
     np.testing.assert_array_equal(a, b)
     assert np.abs(a[:4] - a[4:]).max() > 0.1
-    np.testing.assert_array_equal(
-        encode_dataset(ae, x, verbose=0), np.zeros_like(a)
-    )
+    np.testing.assert_array_equal(encode_dataset(ae, x, verbose=0), np.zeros_like(a))
 
 
 def test_import_without_keras_cv():
@@ -507,20 +491,22 @@ def test_sd_vae_scaling_matches_keras_cv(sd_vae, keras_cv_models):
     z = to_numpy(sd_vae.encode(x))
     moments = to_numpy(sd_vae.encoder(2 * x - 1))
     assert moments.shape == (2, 4, 4, 8)
-    np.testing.assert_allclose(
-        z, 0.18215 * moments[..., :4], rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(z, 0.18215 * moments[..., :4], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         z, to_numpy(kcv_encoder(2 * x - 1)), rtol=1e-4, atol=1e-5
     )
     raw = to_numpy(kcv_decoder(z))
     np.testing.assert_allclose(
-        to_numpy(sd_vae.decode(z, clip=False)), (raw + 1) / 2,
-        rtol=1e-4, atol=1e-5,
+        to_numpy(sd_vae.decode(z, clip=False)),
+        (raw + 1) / 2,
+        rtol=1e-4,
+        atol=1e-5,
     )
     np.testing.assert_allclose(
-        to_numpy(sd_vae.decode(z)), np.clip((raw + 1) / 2, 0, 1),
-        rtol=1e-4, atol=1e-5,
+        to_numpy(sd_vae.decode(z)),
+        np.clip((raw + 1) / 2, 0, 1),
+        rtol=1e-4,
+        atol=1e-5,
     )
     sampled = to_numpy(sd_vae.encode(x, sample=True, seed=0))
     std = 0.18215 * np.exp(0.5 * np.clip(moments[..., 4:], -30, 20))
@@ -537,8 +523,8 @@ def test_sd_vae_local_weights(sd_vae, keras_cv_models, tmp_path):
     x = sd_images(1, seed=3)
     z = to_numpy(sd_vae.encode(x))
     try:
-        from keras.src.legacy.saving import legacy_h5_format
         import h5py
+        from keras.src.legacy.saving import legacy_h5_format
     except ImportError:  # private Keras API: use Keras 3 files instead
         legacy_h5_format = None
     if legacy_h5_format is not None:
@@ -557,12 +543,12 @@ def test_sd_vae_local_weights(sd_vae, keras_cv_models, tmp_path):
             os.path.join(tmp_path, "d.weights.h5"),
         )
     loaded = ki.latent.StableDiffusionVAE(weights=weights, image_size=32)
+    np.testing.assert_allclose(to_numpy(loaded.encode(x)), z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        to_numpy(loaded.encode(x)), z, rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        to_numpy(loaded.decode(z)), to_numpy(sd_vae.decode(z)),
-        rtol=1e-5, atol=1e-5,
+        to_numpy(loaded.decode(z)),
+        to_numpy(sd_vae.decode(z)),
+        rtol=1e-5,
+        atol=1e-5,
     )
     # Its own save_weights file, into a VAE of another image size (the
     # weights do not depend on it).
@@ -575,7 +561,8 @@ def test_sd_vae_local_weights(sd_vae, keras_cv_models, tmp_path):
     np.testing.assert_allclose(
         to_numpy(other.encode(x_small)),
         to_numpy(kcv_encoder(2 * x_small - 1)),
-        rtol=1e-4, atol=1e-5,
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 

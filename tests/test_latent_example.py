@@ -74,7 +74,11 @@ def run_script(flags, cwd, check=True):
     started = time.time()
     result = subprocess.run(
         [sys.executable, "-c", RUNNER, SCRIPT, *flags],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = result.stdout + result.stderr
     if check:
@@ -104,7 +108,9 @@ def read_grid(path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     if not RUNS_HERE:
-        pytest.skip(f"--quick runs under {RUN_BACKENDS} (KI_TEST_LATENT_EXAMPLE=1: here)")
+        pytest.skip(
+            f"--quick runs under {RUN_BACKENDS} (KI_TEST_LATENT_EXAMPLE=1: here)"
+        )
     root = tmp_path_factory.mktemp("latent_example")
     output = root / "run"
     _, text, seconds = run_script(["--quick", "--output", str(output)], root)
@@ -117,7 +123,12 @@ def test_defaults_are_the_official_configuration():
     args = example.parse_args([])
     assert (args.image_size, args.batch_size, args.steps) == (256, 2048, 20_000)
     assert args.learning_rate == 1e-4 and args.weight_decay == 1e-2
-    assert (args.grad_clip, args.ema, args.eval_every, args.seed) == (1.0, 0.9999, 2500, 42)
+    assert (args.grad_clip, args.ema, args.eval_every, args.seed) == (
+        1.0,
+        0.9999,
+        2500,
+        42,
+    )
     assert args.assignment == "linear" and not args.per_class and args.k == 64
     assert args.label_dropout == 0.1 and args.mixed_precision == "float16"
     assert args.widths == (320, 640, 1280, 1280) and args.block_depth == 2
@@ -131,9 +142,15 @@ def test_defaults_are_the_official_configuration():
     assert args.image_size // 8 == max(args.attention) == 32
     # Every default names its source in --help.
     text = example.build_parser().format_help()
-    for phrase in ("--max_train_steps=20000", "--checkpointing_steps=2500",
-                   "256 per GPU x 8 GPUs", "k = 64", "constant, no warm-up",
-                   "--mixed_precision", "DiT"):
+    for phrase in (
+        "--max_train_steps=20000",
+        "--checkpointing_steps=2500",
+        "256 per GPU x 8 GPUs",
+        "k = 64",
+        "constant, no warm-up",
+        "--mixed_precision",
+        "DiT",
+    ):
         assert phrase in " ".join(text.split()), phrase
     # --quick shrinks, and explicit flags still win.
     quick = example.parse_args(["--quick", "--steps", "6"])
@@ -156,7 +173,9 @@ def test_quick_run_writes_grids_model_and_log(quick_run):
     side_w = PER_CLASS * TILE + (PER_CLASS + 1) * PAD
     for scale in ("1", "3"):
         for epoch in (1, 2):
-            grid = read_grid(output / "samples" / f"guidance_{scale}" / f"epoch_{epoch:04d}.png")
+            grid = read_grid(
+                output / "samples" / f"guidance_{scale}" / f"epoch_{epoch:04d}.png"
+            )
             assert grid.shape == (side_h, side_w, 3)
     # The saved model is the latent, class-conditional, guided model, and
     # regenerates the final grid.
@@ -170,8 +189,9 @@ def test_quick_run_writes_grids_model_and_log(quick_run):
     labels = np.repeat(CLASSES, PER_CLASS)
     for scale in (1.0, 3.0):
         final = read_grid(output / f"samples_guidance_{scale:g}.png")
-        samples = model.generate(4, steps=2, seed=42, labels=labels,
-                                 guidance_scale=scale, verbose=0)
+        samples = model.generate(
+            4, steps=2, seed=42, labels=labels, guidance_scale=scale, verbose=0
+        )
         from keras_immiscible.utils.images import make_image_grid
 
         expected = make_image_grid(samples, num_rows=2, scale=4)
@@ -195,14 +215,17 @@ def test_resume_continues_from_the_backup(quick_run, tmp_path):
     rows = read_log(copy / "log.csv")
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
     # The first two rows are the first run's, kept (append).
-    assert [r["loss"] for r in rows[:2]] == [r["loss"] for r in read_log(output / "log.csv")]
+    assert [r["loss"] for r in rows[:2]] == [
+        r["loss"] for r in read_log(output / "log.csv")
+    ]
     assert math.isfinite(float(rows[2]["loss"]))
     model = keras.models.load_model(copy / "model.keras")
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
     assert (copy / "samples" / "guidance_3" / "epoch_0003.png").is_file()
     # --resume without a backup says what to do.
     result, text, _ = run_script(
-        ["--quick", "--output", str(tmp_path / "empty"), "--resume"], tmp_path,
+        ["--quick", "--output", str(tmp_path / "empty"), "--resume"],
+        tmp_path,
         check=False,
     )
     assert result.returncode != 0 and "no backup" in text
@@ -213,7 +236,8 @@ def test_real_run_without_imagenet_fails_at_once(tmp_path):
     empty = tmp_path / "tfds"
     empty.mkdir()
     result, text, seconds = run_script(
-        ["--data-dir", str(empty), "--output", str(tmp_path / "out")], tmp_path,
+        ["--data-dir", str(empty), "--output", str(tmp_path / "out")],
+        tmp_path,
         check=False,
     )
     assert result.returncode != 0

@@ -14,29 +14,35 @@ LATENTS = (4, 4, 2)
 
 def tiny_autoencoder(seed=0):
     keras.utils.set_random_seed(seed)
-    encoder = keras.Sequential([
-        keras.Input(IMAGES),
-        keras.layers.Conv2D(LATENTS[-1], 3, strides=2, padding="same"),
-    ])
-    decoder = keras.Sequential([
-        keras.Input(LATENTS),
-        keras.layers.Conv2DTranspose(1, 3, strides=2, padding="same",
-                                     activation="sigmoid"),
-    ])
+    encoder = keras.Sequential(
+        [
+            keras.Input(IMAGES),
+            keras.layers.Conv2D(LATENTS[-1], 3, strides=2, padding="same"),
+        ]
+    )
+    decoder = keras.Sequential(
+        [
+            keras.Input(LATENTS),
+            keras.layers.Conv2DTranspose(
+                1, 3, strides=2, padding="same", activation="sigmoid"
+            ),
+        ]
+    )
     return ki.latent.Autoencoder(encoder, decoder, scaling_factor=2.0)
 
 
 def latent_unet():
-    return ki.layers.UNet(image_shape=LATENTS, widths=(8, 16), block_depth=1,
-                          embedding_dims=8)
+    return ki.layers.UNet(
+        image_shape=LATENTS, widths=(8, 16), block_depth=1, embedding_dims=8
+    )
 
 
 def half_network():
     noisy = keras.Input(LATENTS)
     level = keras.Input((1, 1, 1))
-    out = keras.layers.Add()([
-        keras.layers.Rescaling(0.5)(noisy), keras.layers.Rescaling(0.0)(level)
-    ])
+    out = keras.layers.Add()(
+        [keras.layers.Rescaling(0.5)(noisy), keras.layers.Rescaling(0.0)(level)]
+    )
     return keras.Model([noisy, level], out)
 
 
@@ -62,8 +68,11 @@ def test_the_noise_is_assigned_to_the_latents(digits):
     autoencoder = tiny_autoencoder()
     assigner = Recording()
     model = ki.ImmiscibleDiffusion(
-        half_network(), schedule=FixedTime(), assignment=assigner,
-        autoencoder=autoencoder, seed=0,
+        half_network(),
+        schedule=FixedTime(),
+        assignment=assigner,
+        autoencoder=autoencoder,
+        seed=0,
     )
     loss = float(keras.ops.convert_to_numpy(model.compute_loss(x=images)))
     data, noise = assigner.seen
@@ -78,12 +87,13 @@ def test_the_noise_is_assigned_to_the_latents(digits):
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     # Latents encoded upstream train the same way (no second encoding).
     model_on_latents = ki.ImmiscibleDiffusion(
-        half_network(), schedule=FixedTime(), assignment=Recording(),
-        autoencoder=autoencoder, seed=0,
+        half_network(),
+        schedule=FixedTime(),
+        assignment=Recording(),
+        autoencoder=autoencoder,
+        seed=0,
     )
-    again = float(keras.ops.convert_to_numpy(
-        model_on_latents.compute_loss(x=latents)
-    ))
+    again = float(keras.ops.convert_to_numpy(model_on_latents.compute_loss(x=latents)))
     np.testing.assert_allclose(again, loss, rtol=1e-5)
 
 
@@ -114,8 +124,7 @@ def test_latent_fit_generate_and_round_trip(digits, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.autoencoder, ki.latent.Autoencoder)
-    np.testing.assert_allclose(loaded.generate(4, steps=3, seed=0), samples,
-                               atol=1e-6)
+    np.testing.assert_allclose(loaded.generate(4, steps=3, seed=0), samples, atol=1e-6)
 
 
 def test_latent_model_errors(digits):
@@ -126,8 +135,9 @@ def test_latent_model_errors(digits):
         )
     with pytest.raises(TypeError, match="autoencoder"):
         ki.ImmiscibleDiffusion(latent_unet(), autoencoder="sd")
-    model = ki.ImmiscibleDiffusion(latent_unet(), autoencoder=tiny_autoencoder(),
-                                   assignment=None)
+    model = ki.ImmiscibleDiffusion(
+        latent_unet(), autoencoder=tiny_autoencoder(), assignment=None
+    )
     model.compile(optimizer="adamw")
     with pytest.raises(ValueError, match="latents"):
         model.fit(np.zeros((4, 6, 6, 1), "float32"), verbose=0)

@@ -62,13 +62,9 @@ def np_silu(x):
 
 def np_residual_block(block, x, emb):
     w = lambda v: _np(v).astype("float64")  # noqa: E731
-    h = np_group_norm(
-        x, block.norm1.groups, w(block.norm1.gamma), w(block.norm1.beta)
-    )
+    h = np_group_norm(x, block.norm1.groups, w(block.norm1.gamma), w(block.norm1.beta))
     h = np_conv2d_same(np_silu(h), w(block.conv1.kernel), w(block.conv1.bias))
-    h = np_group_norm(
-        h, block.norm2.groups, w(block.norm2.gamma), w(block.norm2.beta)
-    )
+    h = np_group_norm(h, block.norm2.groups, w(block.norm2.gamma), w(block.norm2.beta))
     film = emb @ w(block.film.kernel) + w(block.film.bias)
     scale, shift = film[:, : block.width], film[:, block.width :]
     h = h * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
@@ -83,9 +79,7 @@ def np_residual_block(block, x, emb):
 def np_attention_block(block, x):
     w = lambda v: _np(v).astype("float64")  # noqa: E731
     b, hh, ww, c = x.shape
-    h = np_group_norm(
-        x, block.norm.groups, w(block.norm.gamma), w(block.norm.beta)
-    )
+    h = np_group_norm(x, block.norm.groups, w(block.norm.gamma), w(block.norm.beta))
     seq = h.reshape(b, hh * ww, c)
     mha = block.attention
     q = np.einsum("bsc,cnk->bsnk", seq, w(mha.query_dense.kernel))
@@ -587,21 +581,41 @@ def test_unet_bad_arguments(kwargs, error, match):
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda: layers.ResidualBlock(0), ValueError,
-         "`width` must be a positive int, got 0."),
-        (lambda: layers.ResidualBlock(8, groups="8"), TypeError,
-         "`groups` must be None or a positive int, got '8'."),
-        (lambda: layers.ResidualBlock(8, dropout=1.0), ValueError,
-         "`dropout` must be a number in [0, 1), got 1.0."),
-        (lambda: layers.AttentionBlock(key_dim=0), ValueError,
-         "`key_dim` must be None or a positive int, got 0."),
-        (lambda: layers.SinusoidalEmbedding(7), ValueError,
-         "`embedding_dims` must be a positive even int, got 7."),
-        (lambda: layers.SinusoidalEmbedding(8, min_frequency=0), ValueError,
-         "`min_frequency` must be a number > 0, got 0."),
-        (lambda: layers.SinusoidalEmbedding(
-            8, min_frequency=4.0, max_frequency=2.0), ValueError,
-         "`max_frequency` must be a number >= 4, got 2.0."),
+        (
+            lambda: layers.ResidualBlock(0),
+            ValueError,
+            "`width` must be a positive int, got 0.",
+        ),
+        (
+            lambda: layers.ResidualBlock(8, groups="8"),
+            TypeError,
+            "`groups` must be None or a positive int, got '8'.",
+        ),
+        (
+            lambda: layers.ResidualBlock(8, dropout=1.0),
+            ValueError,
+            "`dropout` must be a number in [0, 1), got 1.0.",
+        ),
+        (
+            lambda: layers.AttentionBlock(key_dim=0),
+            ValueError,
+            "`key_dim` must be None or a positive int, got 0.",
+        ),
+        (
+            lambda: layers.SinusoidalEmbedding(7),
+            ValueError,
+            "`embedding_dims` must be a positive even int, got 7.",
+        ),
+        (
+            lambda: layers.SinusoidalEmbedding(8, min_frequency=0),
+            ValueError,
+            "`min_frequency` must be a number > 0, got 0.",
+        ),
+        (
+            lambda: layers.SinusoidalEmbedding(8, min_frequency=4.0, max_frequency=2.0),
+            ValueError,
+            "`max_frequency` must be a number >= 4, got 2.0.",
+        ),
     ],
 )
 def test_layer_argument_messages(make, error, message):

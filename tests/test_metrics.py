@@ -280,12 +280,21 @@ def test_get_config_round_trip():
     rng = np.random.default_rng(10)
     x, y = rng.normal(size=(60, 4)), rng.normal(size=(60, 4)) + 0.5
     kid = metrics.KID(
-        feature_extractor=np_identity, subset_size=20, num_subsets=7,
-        max_samples=55, seed=3, name="my_kid",
+        feature_extractor=np_identity,
+        subset_size=20,
+        num_subsets=7,
+        max_samples=55,
+        seed=3,
+        name="my_kid",
     )
     config = kid.get_config()
     assert config["name"] == "my_kid"
-    assert (config["subset_size"], config["num_subsets"], config["max_samples"], config["seed"]) == (20, 7, 55, 3)
+    assert (
+        config["subset_size"],
+        config["num_subsets"],
+        config["max_samples"],
+        config["seed"],
+    ) == (20, 7, 55, 3)
     clone = metrics.KID.from_config(config)
     for m in (kid, clone):
         m.update_state(x, y)
@@ -310,8 +319,10 @@ def test_fid_and_kid_are_not_keras_metrics_and_compile_says_so():
 
     rng = np.random.default_rng(12)
     images = rng.random((16, 8, 8, 1)).astype("float32")
-    for metric in (metrics.FID(feature_extractor=identity),
-                   metrics.KID(feature_extractor=identity, name="my_kid")):
+    for metric in (
+        metrics.FID(feature_extractor=identity),
+        metrics.KID(feature_extractor=identity, name="my_kid"),
+    ):
         assert not isinstance(metric, keras.metrics.Metric)
         assert metric.name in repr(metric)
         with pytest.raises(TypeError, match="not a keras.metrics.Metric"):
@@ -337,8 +348,13 @@ def test_fid_and_kid_are_not_keras_metrics_and_compile_says_so():
 def test_configs_written_by_the_keras_metric_versions_still_load():
     # Before FID/KID became plain classes, get_config() also had "dtype".
     clone = metrics.FID.from_config(
-        {"name": "fid", "dtype": "float32", "feature_extractor": "digits",
-         "weights": "imagenet", "batch_size": 16}
+        {
+            "name": "fid",
+            "dtype": "float32",
+            "feature_extractor": "digits",
+            "weights": "imagenet",
+            "batch_size": 16,
+        }
     )
     assert clone.name == "fid" and clone.batch_size == 16
     assert "dtype" not in clone.get_config()
@@ -426,8 +442,9 @@ def test_inception_preprocessing_matches_pil_bilinear():
         ours = keras.ops.convert_to_numpy(extractor.preprocess(images))[0]
         channels = [
             np.asarray(
-                Image.fromarray(images[0, :, :, c].astype("float32") / 255.0, mode="F")
-                .resize((299, 299), Image.BILINEAR)
+                Image.fromarray(
+                    images[0, :, :, c].astype("float32") / 255.0, mode="F"
+                ).resize((299, 299), Image.BILINEAR)
             )
             for c in range(shape[-1])
         ]
@@ -499,7 +516,12 @@ def test_inception_weights_argument_is_passed_to_keras(tmp_path, monkeypatch):
     features = extractor(np.full((2, 8, 8, 1), 255, "uint8"))
     np.testing.assert_allclose(features, np.ones((2, 3)), atol=1e-6)  # [-1, 1] -> 1
     assert calls == [
-        dict(include_top=False, weights=str(path), input_shape=(299, 299, 3), pooling="avg")
+        dict(
+            include_top=False,
+            weights=str(path),
+            input_shape=(299, 299, 3),
+            pooling="avg",
+        )
     ]
     with pytest.raises(ValueError, match="does not exist"):
         metrics.InceptionFeatureExtractor(weights=tmp_path / "nope.h5")
@@ -591,7 +613,9 @@ class GaussianGenerator:
     def generate(self, num_images, steps=20, seed=0):
         self.calls.append((num_images, steps, seed))
         rng = np.random.default_rng(seed)
-        return (self.mean + rng.normal(size=(num_images,) + self.shape)).astype("float32")
+        return (self.mean + rng.normal(size=(num_images,) + self.shape)).astype(
+            "float32"
+        )
 
 
 def test_evaluate_generator_matches_direct_computation():
@@ -599,24 +623,39 @@ def test_evaluate_generator_matches_direct_computation():
     real = rng.normal(size=(90, 4, 4, 1)).astype("float32")
     model = GaussianGenerator(mean=0.5)
     scores = metrics.evaluate_generator(
-        model, real, metrics=("fid", "kid"), num_images=50, steps=7, seed=3,
-        batch_size=20, feature_extractor=np_identity, subset_size=40,
-        num_subsets=10, verbose=0,
+        model,
+        real,
+        metrics=("fid", "kid"),
+        num_images=50,
+        steps=7,
+        seed=3,
+        batch_size=20,
+        feature_extractor=np_identity,
+        subset_size=40,
+        num_subsets=10,
+        verbose=0,
     )
     assert model.calls == [(20, 7, 3), (20, 7, 4), (10, 7, 5)]
     generated = np.concatenate(
-        [GaussianGenerator(0.5).generate(n, seed=s) for n, s in ((20, 3), (20, 4), (10, 5))]
+        [
+            GaussianGenerator(0.5).generate(n, seed=s)
+            for n, s in ((20, 3), (20, 4), (10, 5))
+        ]
     )
     flat_real, flat_gen = real.reshape(90, -1), generated.reshape(50, -1)
     assert set(scores) == {"fid", "kid"}
-    np.testing.assert_allclose(scores["fid"], reference_fid(flat_real, flat_gen), rtol=1e-3)
+    np.testing.assert_allclose(
+        scores["fid"], reference_fid(flat_real, flat_gen), rtol=1e-3
+    )
     kid = metrics.KID(feature_extractor=np_identity, subset_size=40, num_subsets=10)
     kid.update_state(real, generated)
     np.testing.assert_allclose(scores["kid"], float(kid.result()), rtol=1e-9)
 
     # The same real data as an iterable of (images, labels) batches and
     # (when TensorFlow is installed) as a tf.data.Dataset.
-    batches = [(real[i : i + 32], np.zeros(len(real[i : i + 32]))) for i in range(0, 90, 32)]
+    batches = [
+        (real[i : i + 32], np.zeros(len(real[i : i + 32]))) for i in range(0, 90, 32)
+    ]
     sources = [batches]
     try:
         import tensorflow as tf
@@ -626,14 +665,28 @@ def test_evaluate_generator_matches_direct_computation():
         pass
     for source in sources:
         again = metrics.evaluate_generator(
-            GaussianGenerator(0.5), source, metrics=["fid"], num_images=50,
-            steps=7, seed=3, batch_size=20, feature_extractor=np_identity, verbose=0,
+            GaussianGenerator(0.5),
+            source,
+            metrics=["fid"],
+            num_images=50,
+            steps=7,
+            seed=3,
+            batch_size=20,
+            feature_extractor=np_identity,
+            verbose=0,
         )
         np.testing.assert_allclose(again["fid"], scores["fid"], rtol=1e-9)
     # `num_real_images` limits the real set.
     limited = metrics.evaluate_generator(
-        GaussianGenerator(0.5), batches, metrics=["fid"], num_images=50, steps=7,
-        seed=3, batch_size=20, num_real_images=40, feature_extractor=np_identity,
+        GaussianGenerator(0.5),
+        batches,
+        metrics=["fid"],
+        num_images=50,
+        steps=7,
+        seed=3,
+        batch_size=20,
+        num_real_images=40,
+        feature_extractor=np_identity,
         verbose=0,
     )
     np.testing.assert_allclose(
@@ -642,7 +695,9 @@ def test_evaluate_generator_matches_direct_computation():
     with pytest.raises(ValueError, match="metrics"):
         metrics.evaluate_generator(model, real, metrics=["is"], verbose=0)
     with pytest.raises(TypeError, match="generate"):
-        metrics.evaluate_generator(object(), real, feature_extractor=np_identity, verbose=0)
+        metrics.evaluate_generator(
+            object(), real, feature_extractor=np_identity, verbose=0
+        )
 
 
 def test_metric_argument_messages():
@@ -650,12 +705,21 @@ def test_metric_argument_messages():
         return x
 
     cases = [
-        (lambda: metrics.KID(feature_extractor=identity, subset_size=1),
-         ValueError, "`subset_size` must be an int >= 2, got 1."),
-        (lambda: metrics.KID(feature_extractor=identity, seed=0.5),
-         TypeError, "`seed` must be an int, got 0.5."),
-        (lambda: metrics.FID(feature_extractor=identity, batch_size=0),
-         ValueError, "`batch_size` must be a positive int, got 0."),
+        (
+            lambda: metrics.KID(feature_extractor=identity, subset_size=1),
+            ValueError,
+            "`subset_size` must be an int >= 2, got 1.",
+        ),
+        (
+            lambda: metrics.KID(feature_extractor=identity, seed=0.5),
+            TypeError,
+            "`seed` must be an int, got 0.5.",
+        ),
+        (
+            lambda: metrics.FID(feature_extractor=identity, batch_size=0),
+            ValueError,
+            "`batch_size` must be a positive int, got 0.",
+        ),
     ]
     for make, error, message in cases:
         with pytest.raises(error) as info:

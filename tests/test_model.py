@@ -97,9 +97,7 @@ def test_prediction_conversions_are_exact(prediction):
     model = ki.ImmiscibleDiffusion(tiny_unet(), prediction=prediction)
     a, s = (keras.ops.convert_to_numpy(r) for r in model._rates(t))
     noisy = a * data + s * noise
-    target = keras.ops.convert_to_numpy(
-        model.training_target(data, noise, a, s)
-    )
+    target = keras.ops.convert_to_numpy(model.training_target(data, noise, a, s))
     # The targets, written out independently of the library.
     expected = {
         "epsilon": noise,
@@ -109,17 +107,11 @@ def test_prediction_conversions_are_exact(prediction):
     }[prediction]
     np.testing.assert_allclose(target, expected, atol=1e-6)
     pred_noise, pred_data = model.split_prediction(target, noisy, a, s)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(pred_noise), noise, atol=2e-4
-    )
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(pred_data), data, atol=2e-4
-    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise, atol=2e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data, atol=2e-4)
     # Every target converts into every other one through (noise, data).
     for other in ["epsilon", "x0", "v", "velocity"]:
-        converted = ki.models.predictions.target(
-            other, pred_data, pred_noise, a, s
-        )
+        converted = ki.models.predictions.target(other, pred_data, pred_noise, a, s)
         direct = ki.models.predictions.target(other, data, noise, a, s)
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(converted),
@@ -144,13 +136,9 @@ def test_conversions_are_exact_on_a_non_variance_preserving_path(prediction):
         "v": a * noise - b * data,
         "velocity": noise - data,
     }[prediction]
-    pred_noise, pred_data = ki.models.predictions.split(
-        prediction, output, noisy, a, b
-    )
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data,
-                               atol=1e-4)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise,
-                               atol=1e-4)
+    pred_noise, pred_data = ki.models.predictions.split(prediction, output, noisy, a, b)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise, atol=1e-4)
 
 
 def test_v_prediction_model_on_the_straight_path(digits):
@@ -169,10 +157,8 @@ def test_v_prediction_model_on_the_straight_path(digits):
     noisy = a * data + s * noise
     target = model.training_target(data, noise, a, s)
     pred_noise, pred_data = model.split_prediction(target, noisy, a, s)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data,
-                               atol=1e-4)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise,
-                               atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_data), data, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noise), noise, atol=1e-4)
 
 
 def test_dict_batches_bring_their_own_noise(digits):
@@ -192,8 +178,7 @@ def test_dict_batches_bring_their_own_noise(digits):
     a, s = (keras.ops.convert_to_numpy(r) for r in FixedTime()(0.3))
     noisy = a * (images * 2.0 - 1.0) + s * noise
     expected = np.mean((0.5 * noisy - noise) ** 2)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), expected,
-                               rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), expected, rtol=1e-5)
     # The model did not assign (it would have permuted the noise): the gain
     # it logs is the one the batch brought.
     assert float(model.assignment_tracker.result()) == pytest.approx(0.25)
@@ -219,8 +204,10 @@ class RecordingLinearAssignment(ki.assignment.LinearAssignment):
         outputs = super().__call__(data, seed=seed, return_change=return_change)
         noise = outputs[0] if return_change else outputs
         self.dtypes.append(
-            (keras.backend.standardize_dtype(data.dtype),
-             keras.backend.standardize_dtype(noise.dtype))
+            (
+                keras.backend.standardize_dtype(data.dtype),
+                keras.backend.standardize_dtype(noise.dtype),
+            )
         )
         return outputs
 
@@ -264,21 +251,21 @@ def test_mixed_precision(digits, family, policy):
             )
             randomize_zero_kernels(model.network, seed=5)
             model.compile(optimizer=keras.optimizers.AdamW(3e-3))
-            losses[name] = float(keras.ops.convert_to_numpy(
-                model.compute_loss(x=images, training=False)
-            ))
+            losses[name] = float(
+                keras.ops.convert_to_numpy(model.compute_loss(x=images, training=False))
+            )
             level = np.full((4, 1, 1, 1), 0.5, "float32")
             outputs[name] = keras.ops.convert_to_numpy(
-                keras.ops.cast(model.network([images[:4] * 2 - 1, level]),
-                               "float32")
+                keras.ops.cast(model.network([images[:4] * 2 - 1, level]), "float32")
             )
             # The cost of the assignment is computed in float32 under every
             # policy: data and noise reach the solver as float32.
             assert RecordingLinearAssignment.dtypes == [("float32", "float32")]
         assert model.network.compute_dtype == policy.split("_")[1]
         history = model.fit(images, batch_size=16, epochs=1, verbose=0)
-        assert all(d == ("float32", "float32")
-                   for d in RecordingLinearAssignment.dtypes)
+        assert all(
+            d == ("float32", "float32") for d in RecordingLinearAssignment.dtypes
+        )
         samples = model.generate(4, steps=3, seed=0)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -286,8 +273,11 @@ def test_mixed_precision(digits, family, policy):
     assert np.abs(outputs["float32"]).mean() > 0.05
     # Same weights, same assigned noise: the outputs and the loss differ only
     # by the network's rounding in half precision.
-    np.testing.assert_allclose(outputs[policy], outputs["float32"],
-                               atol=0.05 * np.abs(outputs["float32"]).max())
+    np.testing.assert_allclose(
+        outputs[policy],
+        outputs["float32"],
+        atol=0.05 * np.abs(outputs["float32"]).max(),
+    )
     np.testing.assert_allclose(losses[policy], losses["float32"], rtol=0.03)
     assert np.isfinite(history.history["loss"][0])
     assert history.history["assignment_gain"][0] > 0.01
@@ -322,9 +312,7 @@ def test_second_fit_with_mixed_float16_and_ema(digits):
 @pytest.mark.parametrize("assignment", [None, "linear", "knn"])
 def test_training_lowers_the_loss_and_logs_the_gain(digits, assignment):
     model = make_model(assignment)
-    history = model.fit(
-        digits[:512], batch_size=64, epochs=4, verbose=0, shuffle=False
-    )
+    history = model.fit(digits[:512], batch_size=64, epochs=4, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
     gains = history.history["assignment_gain"]
@@ -339,8 +327,7 @@ def test_same_seed_same_weights_and_samples(digits):
     results = []
     for _ in range(2):
         model = make_model("linear", seed=3)
-        model.fit(digits[:128], batch_size=32, epochs=1, verbose=0,
-                  shuffle=False)
+        model.fit(digits[:128], batch_size=32, epochs=1, verbose=0, shuffle=False)
         weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
         results.append((weights, model.generate(4, steps=3, seed=7)))
     for w1, w2 in zip(results[0][0], results[1][0]):
@@ -374,9 +361,7 @@ def test_save_load_generate_and_resume(digits, tmp_path):
 def test_generate_uses_ema_weights_after_fit(digits):
     model = make_model(None, seed=2)
     model.compile(
-        optimizer=keras.optimizers.AdamW(
-            1e-2, use_ema=True, ema_momentum=0.5
-        )
+        optimizer=keras.optimizers.AdamW(1e-2, use_ema=True, ema_momentum=0.5)
     )
     raw = {}
 
@@ -388,8 +373,7 @@ def test_generate_uses_ema_weights_after_fit(digits):
             average = self.model.optimizer._model_variables_moving_average
             raw["ema"] = keras.ops.convert_to_numpy(average[0])
 
-    model.fit(digits[:96], batch_size=32, epochs=1, verbose=0,
-              callbacks=[Capture()])
+    model.fit(digits[:96], batch_size=32, epochs=1, verbose=0, callbacks=[Capture()])
     final = keras.ops.convert_to_numpy(model.network.trainable_weights[0])
     np.testing.assert_allclose(final, raw["ema"], atol=1e-6)
     assert not np.allclose(final, raw["w"])
@@ -452,7 +436,7 @@ def test_fit_with_a_torch_dataloader(digits):
     assert np.isfinite(history.history["loss"][0])
     assert history.history["assignment_gain"][0] > 0.01
     # Likewise for a Python generator.
-    batches = ((digits[i:i + 32],) for i in (0, 32))
+    batches = ((digits[i : i + 32],) for i in (0, 32))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(batches, steps_per_epoch=2, verbose=0)
@@ -466,15 +450,18 @@ def labelled_half_network(num_classes=3):
     labels = keras.Input((), dtype="int32")
     table = np.arange(num_classes + 1, dtype="float32")[:, None] * 0.3
     embedded = keras.layers.Embedding(
-        num_classes + 1, 1,
+        num_classes + 1,
+        1,
         embeddings_initializer=keras.initializers.Constant(table),
     )(labels)
     offset = keras.layers.Reshape((1, 1, 1))(embedded)
-    out = keras.layers.Add()([
-        keras.layers.Rescaling(0.5)(noisy),
-        keras.layers.Rescaling(0.0)(level),
-        offset,
-    ])
+    out = keras.layers.Add()(
+        [
+            keras.layers.Rescaling(0.5)(noisy),
+            keras.layers.Rescaling(0.0)(level),
+            offset,
+        ]
+    )
     return keras.Model([noisy, level, labels], out), table
 
 
@@ -493,22 +480,23 @@ def test_labels_stay_with_their_images_under_linear_assignment(digits):
     network, table = labelled_half_network()
     assigner = RecordingNoise()
     model = ki.ImmiscibleDiffusion(
-        network, schedule=FixedTime(), assignment=assigner,
-        prediction="epsilon", seed=0,
+        network,
+        schedule=FixedTime(),
+        assignment=assigner,
+        prediction="epsilon",
+        seed=0,
     )
-    loss = keras.ops.convert_to_numpy(
-        model.compute_loss(x=images, y=labels)
-    )
+    loss = keras.ops.convert_to_numpy(model.compute_loss(x=images, y=labels))
     noise = assigner.noise
     data = images * 2.0 - 1.0
     # The assignment permuted the noise (not the identity pairing) ...
-    assert not np.allclose(
-        noise, np.random.default_rng(0).standard_normal(noise.shape)
-    )
+    assert not np.allclose(noise, np.random.default_rng(0).standard_normal(noise.shape))
     a, s = (keras.ops.convert_to_numpy(r) for r in FixedTime()(0.3))
+
     def expected(with_labels):
         offset = table[with_labels].reshape(-1, 1, 1, 1)
         return np.mean((0.5 * (a * data + s * noise) + offset - noise) ** 2)
+
     # ... and each image's label reached the network with that image.
     np.testing.assert_allclose(loss, expected(labels), rtol=1e-5)
     assert abs(expected(labels) - expected(np.roll(labels, 1))) > 1e-3
@@ -518,14 +506,10 @@ def test_class_conditional_network(digits):
     tf = pytest.importorskip("tensorflow")
     images, labels = ki.data.load_digits(return_labels=True)
     keras.utils.set_random_seed(0)
-    model = ki.ImmiscibleDiffusion(
-        tiny_unet(num_classes=10), assignment="knn", seed=0
-    )
+    model = ki.ImmiscibleDiffusion(tiny_unet(num_classes=10), assignment="knn", seed=0)
     model.compile(optimizer=keras.optimizers.AdamW(3e-3))
     model.fit(images[:256], labels[:256], batch_size=32, epochs=2, verbose=0)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (images[:64], labels[:64])
-    ).batch(32)
+    dataset = tf.data.Dataset.from_tensor_slices((images[:64], labels[:64])).batch(32)
     model.fit(dataset, epochs=1, verbose=0)
     threes = model.generate(4, steps=4, seed=0, labels=[3] * 4)
     fours = model.generate(4, steps=4, seed=0, labels=[4] * 4)
@@ -563,8 +547,7 @@ def test_out_of_range_labels_get_clear_errors(digits):
         with pytest.raises(Exception, match=r"\[0, 10\]"):
             model.fit(dataset, verbose=0)
         with pytest.raises(ValueError, match=r"\[0, 10\]"):
-            model.compute_loss(x=images[:8], y=keras.ops.convert_to_tensor(
-                wrong[:8]))
+            model.compute_loss(x=images[:8], y=keras.ops.convert_to_tensor(wrong[:8]))
     with pytest.raises(ValueError, match="integer"):
         model.generate(2, steps=1, labels=[1.5, 2.0])
 
@@ -574,7 +557,9 @@ def test_sample_weight_weights_the_per_sample_losses(digits):
     noise = np.random.default_rng(3).standard_normal(images.shape)
     noise = noise.astype("float32")
     model = ki.ImmiscibleDiffusion(
-        half_network(), schedule=FixedTime(), assignment=FixedNoise(noise),
+        half_network(),
+        schedule=FixedTime(),
+        assignment=FixedNoise(noise),
     )
     weights = np.array([1.0, 0.0, 2.0, 0.5], "float32")
     loss = keras.ops.convert_to_numpy(
@@ -584,8 +569,7 @@ def test_sample_weight_weights_the_per_sample_losses(digits):
     noisy = a * (images * 2.0 - 1.0) + s * noise
     per_image = np.mean((0.5 * noisy - noise) ** 2, axis=(1, 2, 3))
     # Keras' reduction of weighted losses: sum(w_i l_i) / B.
-    np.testing.assert_allclose(loss, np.sum(weights * per_image) / 4,
-                               rtol=1e-5)
+    np.testing.assert_allclose(loss, np.sum(weights * per_image) / 4, rtol=1e-5)
     assert abs(loss - per_image.mean()) > 1e-3 * per_image.mean()
     with pytest.raises(ValueError, match="sample_weight"):
         model.compute_loss(x=images, sample_weight=np.ones((4, 2), "float32"))
@@ -595,12 +579,22 @@ def test_fit_honours_sample_weight(digits):
     trained = []
     for weights in (np.ones(32, "float32"), np.r_[np.ones(16), np.zeros(16)]):
         model = make_model(None, seed=4)
-        model.fit(digits[:32], sample_weight=weights.astype("float32"),
-                  batch_size=32, epochs=3, verbose=0, shuffle=False)
-        trained.append(np.concatenate([
-            keras.ops.convert_to_numpy(w).ravel()
-            for w in model.network.trainable_weights
-        ]))
+        model.fit(
+            digits[:32],
+            sample_weight=weights.astype("float32"),
+            batch_size=32,
+            epochs=3,
+            verbose=0,
+            shuffle=False,
+        )
+        trained.append(
+            np.concatenate(
+                [
+                    keras.ops.convert_to_numpy(w).ravel()
+                    for w in model.network.trainable_weights
+                ]
+            )
+        )
     # Same seed, data and noise: only the weights differ, so a model that
     # ignored them would train to identical weights.
     assert np.abs(trained[0] - trained[1]).max() > 1e-4
@@ -616,9 +610,7 @@ def test_model_call_and_predict_point_to_generate(digits):
     with pytest.raises(TypeError, match="generate"):
         model.predict_on_batch(digits[:4])
     # Keras' own train and test steps still work.
-    assert np.all(np.isfinite(
-        model.evaluate(digits[:32], batch_size=16, verbose=0)
-    ))
+    assert np.all(np.isfinite(model.evaluate(digits[:32], batch_size=16, verbose=0)))
     assert np.all(np.isfinite(model.train_on_batch(digits[:16])))
     assert np.all(np.isfinite(model.test_on_batch(digits[:16])))
 
@@ -630,20 +622,21 @@ def test_generate_does_not_depend_on_batch_size(digits, sampler):
     kwargs = dict(steps=3, seed=11, sampler=sampler)
     if sampler == "euler":
         model = ki.ImmiscibleDiffusion(
-            model.network, schedule="linear_interpolation",
-            prediction="velocity", assignment=None,
+            model.network,
+            schedule="linear_interpolation",
+            prediction="velocity",
+            assignment=None,
         )
     whole = model.generate(6, **kwargs)
     for batch_size in (1, 4, 6, 100):
         np.testing.assert_allclose(
-            model.generate(6, batch_size=batch_size, **kwargs), whole,
+            model.generate(6, batch_size=batch_size, **kwargs),
+            whole,
             atol=1e-5,
         )
     # The seed still matters, and image i is the same image in any chunk.
-    assert not np.allclose(model.generate(6, steps=3, seed=12,
-                                          sampler=sampler), whole)
-    np.testing.assert_allclose(model.generate(2, **kwargs), whole[:2],
-                               atol=1e-5)
+    assert not np.allclose(model.generate(6, steps=3, seed=12, sampler=sampler), whole)
+    np.testing.assert_allclose(model.generate(2, **kwargs), whole[:2], atol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         model.generate(6, batch_size=0, **kwargs)
     with pytest.raises(ValueError, match="seed"):
@@ -743,13 +736,14 @@ def coupled_warnings(model, **kwargs):
 
 
 @pytest.mark.parametrize("assignment", ["linear", "knn"])
-def test_stochastic_sampler_on_a_coupled_model_warns_once(
-    sampling_models, assignment
-):
+def test_stochastic_sampler_on_a_coupled_model_warns_once(sampling_models, assignment):
     cases = [
         ("diffusion", {"sampler": "ddpm", "steps": 3}, "DDIM(eta=0)"),
-        ("diffusion", {"sampler": ki.samplers.DDIM(eta=1.0), "steps": 3},
-         "DDIM(eta=0)"),
+        (
+            "diffusion",
+            {"sampler": ki.samplers.DDIM(eta=1.0), "steps": 3},
+            "DDIM(eta=0)",
+        ),
         ("flow_matching", {"sampler": "ddpm", "steps": 3}, "'euler'"),
         ("consistency", {"steps": 2}, "steps=1"),
         ("consistency", {"sigmas": (80.0, 2.0, 0.2)}, "steps=1"),
@@ -772,7 +766,8 @@ def test_stochastic_sampler_on_a_coupled_model_warns_once(
     # The model's own default sampler is checked too.
     model = ki.ImmiscibleDiffusion(
         sampling_models("diffusion", assignment).network,
-        assignment=assignment, sampler="ddpm",
+        assignment=assignment,
+        sampler="ddpm",
     )
     assert len(coupled_warnings(model, steps=3)) == 1
 

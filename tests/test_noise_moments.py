@@ -36,14 +36,13 @@ class DataNoise(NoiseAssigner):
 
 def data_noise(images):
     data = images * 2.0 - 1.0
-    return 0.5 * data + 0.1 + 0.3 * data ** 2
+    return 0.5 * data + 0.1 + 0.3 * data**2
 
 
 def assert_moments(model, noise, count):
     noise = noise.astype("float64")
     assert model.noise_count == count
-    np.testing.assert_allclose(model.noise_mean, noise.mean(axis=0),
-                               atol=2e-5)
+    np.testing.assert_allclose(model.noise_mean, noise.mean(axis=0), atol=2e-5)
     np.testing.assert_allclose(model.noise_std, noise.std(axis=0), atol=2e-4)
 
 
@@ -57,7 +56,8 @@ def make_model(family=ki.ImmiscibleDiffusion, assignment=None, seed=0):
 COMPILE_MODES = [
     pytest.param({}, id="default"),
     pytest.param(
-        {"jit_compile": True}, id="xla",
+        {"jit_compile": True},
+        id="xla",
         marks=pytest.mark.skipif(BACKEND == "torch", reason="torch.compile"),
     ),
     pytest.param({"jit_compile": False}, id="no_jit"),
@@ -86,8 +86,7 @@ def test_moments_of_noise_brought_by_the_batches(digits, mode):
     model = make_model(assignment="knn")
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), **mode)
     # 192 = 80 + 80 + 32: the short last batch counts by its size.
-    model.fit({"images": digits, "noise": noise}, batch_size=80, epochs=1,
-              verbose=0)
+    model.fit({"images": digits, "noise": noise}, batch_size=80, epochs=1, verbose=0)
     assert_moments(model, noise, len(digits))
 
 
@@ -133,7 +132,7 @@ def echo_model(mean=None, std=None, count=1000.0):
     model.seen = []
     if mean is not None:
         model._noise_mean.assign(mean)
-        model._noise_square_mean.assign(std ** 2 + mean ** 2)
+        model._noise_square_mean.assign(std**2 + mean**2)
         model._noise_count.assign(count)
     return model
 
@@ -145,8 +144,7 @@ def test_matched_initial_noise_has_the_tracked_moments():
     model = echo_model(mean, std)
     np.testing.assert_allclose(model.noise_mean, mean)
     np.testing.assert_allclose(model.noise_std, std, rtol=1e-5)
-    model.generate(4000, steps=1, seed=3, batch_size=1000,
-                   initial_noise="matched")
+    model.generate(4000, steps=1, seed=3, batch_size=1000, initial_noise="matched")
     noise = np.concatenate(model.seen)
     assert noise.shape == (4000,) + SHAPE
     # Standard errors: std / sqrt(4000) ~ 0.016 for the mean.
@@ -167,9 +165,7 @@ def test_standard_initial_noise_is_unchanged():
     images = model.generate(8, steps=1, seed=5)
     # The default is N(0, I), whatever the tracked moments: the seed's
     # stream of standard normals (numpy's, the same on every backend).
-    expected = np.random.default_rng(5).standard_normal(
-        (8,) + SHAPE, dtype=np.float32
-    )
+    expected = np.random.default_rng(5).standard_normal((8,) + SHAPE, dtype=np.float32)
     np.testing.assert_allclose(model.seen[0], expected, atol=1e-6)
     np.testing.assert_allclose(
         images, np.clip((expected + 1.0) / 2.0, 0.0, 1.0), atol=1e-6
@@ -191,8 +187,7 @@ def test_initial_noise_errors():
 
 @pytest.mark.parametrize(
     "family",
-    [ki.ImmiscibleDiffusion, ki.ImmiscibleFlowMatching,
-     ki.ImmiscibleConsistency],
+    [ki.ImmiscibleDiffusion, ki.ImmiscibleFlowMatching, ki.ImmiscibleConsistency],
 )
 def test_every_family_generates_from_matched_noise(digits, family):
     model = make_model(family, assignment="knn")
@@ -239,10 +234,12 @@ def test_loading_weights_saved_before_the_moments_existed():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.load_own_variables(
-            {"0": np.array(5.0, "float32"),
-             "1": np.full(SHAPE, 0.25, "float32"),
-             "2": np.full(SHAPE, 0.5, "float32"),
-             "3": np.array(9, "int32")}
+            {
+                "0": np.array(5.0, "float32"),
+                "1": np.full(SHAPE, 0.25, "float32"),
+                "2": np.full(SHAPE, 0.5, "float32"),
+                "3": np.array(9, "int32"),
+            }
         )
     assert model.noise_count == 5
     np.testing.assert_allclose(model.noise_std, np.sqrt(0.5 - 0.0625))

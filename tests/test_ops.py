@@ -12,11 +12,11 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
-
 from assignment_references import check_permutation
 from assignment_references import optimum
 from assignment_references import to_np
 from assignment_references import total_cost
+
 from keras_immiscible import ops as kops
 
 BACKEND = keras.backend.backend()
@@ -92,9 +92,7 @@ def test_pairwise_distance_to_itself_is_zero_and_never_negative(metric):
     scale = np_pairwise(x, x, metric).max()
     assert np.all(np.diag(out) <= (1e-4 if metric == "sq_l2" else 3e-2) * scale)
     off = ~np.eye(6, dtype=bool)
-    np.testing.assert_allclose(
-        out[off], np_pairwise(x, x, metric)[off], rtol=1e-3
-    )
+    np.testing.assert_allclose(out[off], np_pairwise(x, x, metric)[off], rtol=1e-3)
 
 
 def test_pairwise_distance_bad_inputs():
@@ -191,7 +189,9 @@ def test_scipy_solver_is_optimal_on_random_costs(n):
         rng.integers(0, 3, size=(n, n)).astype("float32"),
     ):
         columns = check_permutation(kops.linear_sum_assignment(cost, solver="scipy"), n)
-        assert total_cost(cost, columns) == pytest.approx(optimum(cost), rel=1e-9, abs=1e-9)
+        assert total_cost(cost, columns) == pytest.approx(
+            optimum(cost), rel=1e-9, abs=1e-9
+        )
 
 
 def test_scipy_solver_is_the_default_and_docstring_example():
@@ -245,7 +245,9 @@ def test_auction_near_optimal_on_20_random_uniform_costs():
     worst = 0.0
     for _ in range(20):
         cost = rng.uniform(size=(256, 256)).astype("float32")
-        columns = check_permutation(kops.linear_sum_assignment(cost, solver="auction"), 256)
+        columns = check_permutation(
+            kops.linear_sum_assignment(cost, solver="auction"), 256
+        )
         worst = max(worst, missed_fraction(cost, columns))
     assert worst <= 1e-3, worst
 
@@ -275,7 +277,9 @@ def test_auction_tiny_problems(n):
     rng = np.random.default_rng(20 + n)
     for _ in range(5):
         cost = rng.uniform(size=(n, n)).astype("float32")
-        columns, info = kops.linear_sum_assignment(cost, solver="auction", return_info=True)
+        columns, info = kops.linear_sum_assignment(
+            cost, solver="auction", return_info=True
+        )
         columns = check_permutation(columns, n)
         gain = np.trace(cost.astype(np.float64)) - optimum(cost)
         excess = total_cost(cost, columns) - optimum(cost)

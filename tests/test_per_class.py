@@ -13,7 +13,7 @@ def problem(seed, batch=24, dim=16, classes=3):
     labels = rng.integers(0, classes, batch).astype("int32")
     # Class-dependent data, so that a global solve would pair across classes.
     centres = rng.normal(size=(classes, dim)) * 1.5
-    data = (centres[labels] + 0.3 * rng.normal(size=(batch, dim)))
+    data = centres[labels] + 0.3 * rng.normal(size=(batch, dim))
     candidates = rng.normal(size=(batch, dim))
     return data.astype("float32"), candidates.astype("float32"), labels
 
@@ -30,9 +30,7 @@ def which_candidate(noise, candidates):
 def test_each_class_is_assigned_optimally_within_itself(solver, seed):
     data, candidates, labels = problem(seed)
     assigner = ki.assignment.LinearAssignment(solver=solver, per_class=True)
-    noise = keras.ops.convert_to_numpy(
-        assigner.assign(data, candidates, labels=labels)
-    )
+    noise = keras.ops.convert_to_numpy(assigner.assign(data, candidates, labels=labels))
     chosen = which_candidate(noise, candidates)
     # A permutation of the batch's noise, and candidate j (drawn for sample
     # j) only ever goes to a sample of sample j's class.
@@ -65,9 +63,7 @@ def test_one_class_equals_the_global_solve():
     labels = np.full(len(data), 4, "int32")
     per_class = ki.assignment.LinearAssignment(per_class=True)
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(
-            per_class.assign(data, candidates, labels=labels)
-        ),
+        keras.ops.convert_to_numpy(per_class.assign(data, candidates, labels=labels)),
         keras.ops.convert_to_numpy(
             ki.assignment.LinearAssignment().assign(data, candidates)
         ),
@@ -87,8 +83,9 @@ def test_call_with_labels_and_errors():
     assert config["per_class"] is True
     again = ki.assignment.deserialize(ki.assignment.serialize(assigner))
     assert again.per_class is True
-    unconditional = ki.layers.UNet(image_shape=(8, 8, 1), widths=(8, 16),
-                                   block_depth=1, embedding_dims=8)
+    unconditional = ki.layers.UNet(
+        image_shape=(8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8
+    )
     with pytest.raises(ValueError, match="num_classes"):
         ki.ImmiscibleDiffusion(unconditional, assignment=assigner)
 
@@ -100,17 +97,22 @@ def test_a_model_assigns_within_the_classes_of_its_batch():
     class Recording(ki.assignment.LinearAssignment):
         def assign(self, data, candidates, labels=None):
             noise = super().assign(data, candidates, labels=labels)
-            self.seen = [keras.ops.convert_to_numpy(a)
-                         for a in (candidates, noise, labels)]
+            self.seen = [
+                keras.ops.convert_to_numpy(a) for a in (candidates, noise, labels)
+            ]
             return noise
 
     assigner = Recording(per_class=True)
-    net = ki.layers.UNet(image_shape=(8, 8, 1), widths=(8, 16),
-                         block_depth=1, embedding_dims=8, num_classes=2)
+    net = ki.layers.UNet(
+        image_shape=(8, 8, 1),
+        widths=(8, 16),
+        block_depth=1,
+        embedding_dims=8,
+        num_classes=2,
+    )
     model = ki.ImmiscibleDiffusion(net, assignment=assigner, seed=0)
     model.compute_loss(x=images, y=labels)
     candidates, noise, seen_labels = assigner.seen
     np.testing.assert_array_equal(seen_labels, labels)
-    chosen = which_candidate(noise.reshape(32, -1),
-                             candidates.reshape(32, -1))
+    chosen = which_candidate(noise.reshape(32, -1), candidates.reshape(32, -1))
     np.testing.assert_array_equal(labels[chosen], labels)

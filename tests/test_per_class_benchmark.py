@@ -24,7 +24,9 @@ def test_flags():
     assert quick.seeds == [0] and quick.steps == bench.QUICK["steps"]
     assert os.path.isdir(quick.output)  # a fresh temporary folder
     os.rmdir(quick.output)
-    assert bench.parse_args(["--seeds", "3,4", "--arms", "per_class", "--output", "o"]).seeds == [3, 4]
+    assert bench.parse_args(
+        ["--seeds", "3,4", "--arms", "per_class", "--output", "o"]
+    ).seeds == [3, 4]
     with pytest.raises(ValueError, match="arms"):
         bench.parse_args(["--arms", "knn4", "--output", "o"])
 
@@ -51,7 +53,9 @@ def test_per_class_assignment_keeps_each_class_noise_mean():
     }
     assert isinstance(bench.make_assigner("per_class"), LinearAssignment)
     for c in range(10):
-        vanilla, per_class, linear = (stats[a][c] for a in ("vanilla", "per_class", "linear"))
+        vanilla, per_class, linear = (
+            stats[a][c] for a in ("vanilla", "per_class", "linear")
+        )
         assert vanilla["count"] == per_class["count"] == linear["count"] > 0
         # A permutation of the class's own draws: the same class mean.
         for key in ("shift", "toward", "sq_norm"):
@@ -62,24 +66,48 @@ def test_per_class_assignment_keeps_each_class_noise_mean():
 
 
 def _records(fids_by_run, skew=True):
-    out = [{
-        "header": True, "command": "x", "machine": "m", "date": "d", "invocation": 1,
-        "config": {"seeds": [0, 1], "eval_steps": [100, 200]},
-    }]
+    out = [
+        {
+            "header": True,
+            "command": "x",
+            "machine": "m",
+            "date": "d",
+            "invocation": 1,
+            "config": {"seeds": [0, 1], "eval_steps": [100, 200]},
+        }
+    ]
     for (arm, seed), fids in fids_by_run.items():
         for step, fid in zip((100, 200), fids):
-            out.append(dict(
-                image_size=16, family="flow", method=arm, k=None, seed=seed, step=step,
-                sampling_steps=10, fid=fid, initial_noise="standard",
-                assignment_gain=0.0 if arm == "vanilla" else 0.03,
-            ))
+            out.append(
+                dict(
+                    image_size=16,
+                    family="flow",
+                    method=arm,
+                    k=None,
+                    seed=seed,
+                    step=step,
+                    sampling_steps=10,
+                    fid=fid,
+                    initial_noise="standard",
+                    assignment_gain=0.0 if arm == "vanilla" else 0.03,
+                )
+            )
         if skew:
             for c in range(10):
-                out.append(dict(
-                    kind="class_noise", method=arm, seed=seed, **{"class": c},
-                    count=100, shift=1.6, excess=0.1 if arm != "linear" else 1.0,
-                    toward=0.0, sq_norm=1.0, batches=8,
-                ))
+                out.append(
+                    dict(
+                        kind="class_noise",
+                        method=arm,
+                        seed=seed,
+                        **{"class": c},
+                        count=100,
+                        shift=1.6,
+                        excess=0.1 if arm != "linear" else 1.0,
+                        toward=0.0,
+                        sq_norm=1.0,
+                        batches=8,
+                    )
+                )
     return out
 
 
@@ -87,16 +115,27 @@ def test_completed_runs_need_the_final_step_and_the_skew():
     records = _records({("vanilla", 0): [20, 10], ("linear", 0): [15, 8]})
     assert bench.completed(records, [100, 200]) == {("vanilla", 0), ("linear", 0)}
     assert bench.completed(records, [100, 200, 400]) == set()
-    assert bench.completed(_records({("vanilla", 0): [20, 10]}, skew=False), [100, 200]) == set()
+    assert (
+        bench.completed(_records({("vanilla", 0): [20, 10]}, skew=False), [100, 200])
+        == set()
+    )
 
 
 def test_report_counts_seeds_and_flags_an_incomplete_grid():
-    records = _records({
-        ("vanilla", 0): [20.0, 10.0], ("linear", 0): [10.0, 8.0], ("per_class", 0): [12.0, 9.0],
-        ("vanilla", 1): [20.0, 10.0], ("linear", 1): [10.0, 9.0],
-    })
+    records = _records(
+        {
+            ("vanilla", 0): [20.0, 10.0],
+            ("linear", 0): [10.0, 8.0],
+            ("per_class", 0): [12.0, 9.0],
+            ("vanilla", 1): [20.0, 10.0],
+            ("linear", 1): [10.0, 9.0],
+        }
+    )
     text = bench.markdown(records)
-    assert "vanilla: 2 seed(s) [0, 1], linear: 2 seed(s) [0, 1], per_class: 1 seed(s) [0]" in text
+    assert (
+        "vanilla: 2 seed(s) [0, 1], linear: 2 seed(s) [0, 1], per_class: 1 seed(s) [0]"
+        in text
+    )
     assert "**The grid is incomplete**: 1 of 6 runs missing (per_class seed 1)" in text
     # linear reaches vanilla's final 10 at step 100 in both seeds: ">" bounds of 2.
     assert "| linear | >2.00 [2.00, 2.00] (2/2 >)" in text

@@ -68,9 +68,7 @@ def reference_linear(seed, epoch_index, batch_index, images):
     the normalized images and the candidates picks the permutation.
     """
     data = images.astype(np.float64) * 2.0 - 1.0
-    candidates = reference_candidates(
-        seed, epoch_index, batch_index, images.shape
-    )
+    candidates = reference_candidates(seed, epoch_index, batch_index, images.shape)
     flat_data = data.reshape(len(data), -1)
     flat_cand = candidates.reshape(len(data), -1).astype(np.float64)
     cost = np.sum((flat_data[:, None, :] - flat_cand[None]) ** 2, axis=2)
@@ -139,14 +137,11 @@ def test_knn_keeps_the_nearest_candidate(digits):
         x = images[i * BATCH : (i + 1) * BATCH]
         data = (x * 2.0 - 1.0).astype(np.float64)
         candidates = reference_candidates(2, 0, i, (len(x), k) + SHAPE)
-        distances = np.sum(
-            (candidates - data[:, None]) ** 2, axis=(2, 3, 4)
-        )
+        distances = np.sum((candidates - data[:, None]) ** 2, axis=(2, 3, 4))
         nearest = candidates[np.arange(len(x)), np.argmin(distances, axis=1)]
         np.testing.assert_array_equal(batch["noise"], nearest)
         expected = reference_gain(data, nearest, candidates[:, 0])
-        np.testing.assert_allclose(batch["assignment_gain"], expected,
-                                   rtol=1e-4)
+        np.testing.assert_allclose(batch["assignment_gain"], expected, rtol=1e-4)
 
 
 def test_no_assignment_passes_the_draw_through(digits):
@@ -163,12 +158,8 @@ def test_no_assignment_passes_the_draw_through(digits):
 def test_uint8_images_and_labels(digits):
     images, labels = digits
     images = np.round(images * 255).astype(np.uint8)
-    ds = with_assigned_noise(
-        dataset(images, labels), "linear", seed=9, epochs=1
-    )
-    assert set(ds.element_spec) == {
-        "images", "labels", "noise", "assignment_gain"
-    }
+    ds = with_assigned_noise(dataset(images, labels), "linear", seed=9, epochs=1)
+    assert set(ds.element_spec) == {"images", "labels", "noise", "assignment_gain"}
     assigner = ki.assignment.LinearAssignment()
     for i, batch in enumerate(epoch(ds)):
         x = images[i * BATCH : (i + 1) * BATCH]
@@ -200,14 +191,19 @@ def test_noise_of_every_epoch_and_batch_is_pinned(digits):
     other = first(with_assigned_noise(dataset(images), "linear", seed=2), 1)
     assert not np.allclose(out[0]["noise"], other[0]["noise"])
     # Parallelism and prefetching change nothing.
-    parallel = epoch(with_assigned_noise(
-        dataset(images), "linear", seed=1, epochs=3, num_parallel_calls=3,
-        prefetch=1,
-    ))
+    parallel = epoch(
+        with_assigned_noise(
+            dataset(images),
+            "linear",
+            seed=1,
+            epochs=3,
+            num_parallel_calls=3,
+            prefetch=1,
+        )
+    )
     for a, b in zip(out, parallel):
         np.testing.assert_array_equal(a["noise"], b["noise"])
-        np.testing.assert_array_equal(a["assignment_gain"],
-                                      b["assignment_gain"])
+        np.testing.assert_array_equal(a["assignment_gain"], b["assignment_gain"])
 
 
 def test_noise_does_not_depend_on_how_the_dataset_is_iterated(digits):
@@ -231,12 +227,12 @@ def test_noise_does_not_depend_on_how_the_dataset_is_iterated(digits):
         )
     # Skipping into the run (a resume in the middle of epoch 1) and
     # starting at a later epoch land on the same elements.
-    np.testing.assert_array_equal(
-        first(ds.skip(4), 1)[0]["noise"], out[4]["noise"]
+    np.testing.assert_array_equal(first(ds.skip(4), 1)[0]["noise"], out[4]["noise"])
+    later = epoch(
+        with_assigned_noise(
+            dataset(images), "linear", seed=3, epochs=3, initial_epoch=1
+        )
     )
-    later = epoch(with_assigned_noise(
-        dataset(images), "linear", seed=3, epochs=3, initial_epoch=1
-    ))
     assert len(later) == 6
     for a, b in zip(later, out[3:]):
         np.testing.assert_array_equal(a["noise"], b["noise"])
@@ -325,9 +321,9 @@ def hand_losses(images, seed, epochs, initial_epoch=0):
             noise = reference_linear(seed, e, b, x).astype(np.float64)
             per_batch.append(np.mean((0.5 * (a * data + s * noise) - noise) ** 2))
             sizes.append(len(x))
-            per_gain.append(reference_gain(
-                data, noise, reference_candidates(seed, e, b, x.shape)
-            ))
+            per_gain.append(
+                reference_gain(data, noise, reference_candidates(seed, e, b, x.shape))
+            )
         losses.append(np.average(per_batch, weights=sizes))
         gains.append(np.mean(per_gain))
     return np.array(losses), np.array(gains)
@@ -346,17 +342,21 @@ def test_fit_epochs_line_up_with_the_noise_epochs_and_resume(digits):
     steps = int(dataset(images).cardinality())
     history = fixed_model().fit(
         with_assigned_noise(dataset(images), "linear", seed=7),
-        epochs=3, steps_per_epoch=steps, verbose=0,
+        epochs=3,
+        steps_per_epoch=steps,
+        verbose=0,
     )
     losses, gains = hand_losses(images, seed=7, epochs=3)
     np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-5)
-    np.testing.assert_allclose(history.history["assignment_gain"], gains,
-                               rtol=1e-4)
+    np.testing.assert_allclose(history.history["assignment_gain"], gains, rtol=1e-4)
     # A run resumed at epoch 1 (a fresh model, a fresh pipeline started at
     # epoch 1) trains on the noise the uninterrupted run had there.
     resumed = fixed_model().fit(
         with_assigned_noise(dataset(images), "linear", seed=7, initial_epoch=1),
-        epochs=3, initial_epoch=1, steps_per_epoch=steps, verbose=0,
+        epochs=3,
+        initial_epoch=1,
+        steps_per_epoch=steps,
+        verbose=0,
     )
     np.testing.assert_allclose(resumed.history["loss"], losses[1:], rtol=1e-5)
     # A finite run of the same epochs fits without `steps_per_epoch`
@@ -365,9 +365,14 @@ def test_fit_epochs_line_up_with_the_noise_epochs_and_resume(digits):
     assert int(finite.cardinality()) == steps
     history = fixed_model().fit(finite, epochs=1, verbose=0)
     np.testing.assert_allclose(history.history["loss"], losses[:1], rtol=1e-5)
-    assert int(with_assigned_noise(
-        dataset(images), seed=7, epochs=4, initial_epoch=1
-    ).cardinality()) == 3 * steps
+    assert (
+        int(
+            with_assigned_noise(
+                dataset(images), seed=7, epochs=4, initial_epoch=1
+            ).cardinality()
+        )
+        == 3 * steps
+    )
 
 
 def test_a_network_learns_from_the_pipeline_noise(digits):
@@ -383,8 +388,10 @@ def test_a_network_learns_from_the_pipeline_noise(digits):
     model.compile(optimizer=keras.optimizers.AdamW(1e-2))
     before = [keras.ops.convert_to_numpy(w) for w in net.trainable_weights]
     history = model.fit(
-        with_assigned_noise(dataset(images), seed=0), epochs=3,
-        steps_per_epoch=3, verbose=0,
+        with_assigned_noise(dataset(images), seed=0),
+        epochs=3,
+        steps_per_epoch=3,
+        verbose=0,
     )
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
@@ -400,9 +407,7 @@ def test_pipeline_noise_needs_no_host_assigner_in_the_model(digits):
     # with XLA when asked to.
     images, _ = digits
     steps = int(dataset(images).cardinality())
-    model = ki.ImmiscibleDiffusion(
-        scale_network(), schedule=FixedTime(), seed=0
-    )
+    model = ki.ImmiscibleDiffusion(scale_network(), schedule=FixedTime(), seed=0)
     assert model.assigner.on_host
     jit = keras.backend.backend() == "tensorflow"
     with warnings.catch_warnings(record=True) as caught:
@@ -410,7 +415,9 @@ def test_pipeline_noise_needs_no_host_assigner_in_the_model(digits):
         model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit)
         history = model.fit(
             with_assigned_noise(dataset(images), "linear", seed=7),
-            epochs=2, steps_per_epoch=steps, verbose=0,
+            epochs=2,
+            steps_per_epoch=steps,
+            verbose=0,
         )
     host = [str(w.message) for w in caught if "host" in str(w.message)]
     assert not host, host
@@ -420,9 +427,7 @@ def test_pipeline_noise_needs_no_host_assigner_in_the_model(digits):
     np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-5)
     # Data without noise still gets the model's assigner, and on
     # TensorFlow its warning and a step without XLA.
-    model = ki.ImmiscibleDiffusion(
-        scale_network(), schedule=FixedTime(), seed=0
-    )
+    model = ki.ImmiscibleDiffusion(scale_network(), schedule=FixedTime(), seed=0)
     if jit:
         with pytest.warns(UserWarning, match="host"):
             model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=True)

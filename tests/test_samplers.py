@@ -167,9 +167,7 @@ def test_ddim_passes_batched_times_and_returns_last_prediction():
 def test_ddim_single_step_is_first_prediction():
     schedule = schedules.CosineSchedule()
     x = np.random.default_rng(1).normal(size=(2, 2, 2, 1)).astype("float32")
-    out = _np(
-        samplers.DDIM().sample(gaussian_denoiser(schedule), x, schedule, 1)
-    )
+    out = _np(samplers.DDIM().sample(gaussian_denoiser(schedule), x, schedule, 1))
     a, b = np_cosine(1.0, 0.02, 0.95)
     np.testing.assert_allclose(
         out, np_gaussian_predictions(x.astype("float64"), a, b)[1], rtol=1e-4
@@ -417,9 +415,7 @@ def test_ddpm_is_hos_reverse_process(variance, steps):
     # or beta; alpha = abar_t / abar_s. With steps == T these are the betas of
     # the schedule; with 7 steps the visited steps are round(k * 20 / 7).
     schedule = schedules.LinearBeta(num_steps=20, beta_start=1e-3, beta_end=0.2)
-    alpha_bar = np.concatenate(
-        [[1.0], np.cumprod(1.0 - np.linspace(1e-3, 0.2, 20))]
-    )
+    alpha_bar = np.concatenate([[1.0], np.cumprod(1.0 - np.linspace(1e-3, 0.2, 20))])
     expected_indices = (
         list(range(20, 0, -1)) if steps == 20 else [20, 17, 14, 11, 9, 6, 3]
     )
@@ -478,9 +474,7 @@ def test_samplers_visit_the_discrete_grid():
             (1, [10]),
         ]:
             record = []
-            sampler.sample(
-                ideal_denoiser(schedule, record), x, schedule, steps, seed=0
-            )
+            sampler.sample(ideal_denoiser(schedule, record), x, schedule, steps, seed=0)
             visited = [t for _, t in record]
             np.testing.assert_allclose(
                 visited,
@@ -499,18 +493,13 @@ def test_ddim_eta0_on_discrete_schedule_matches_numpy():
         [[1.0], np.cumprod(1 - np.minimum(1 - f[1:] / f[:-1], 0.999))]
     )
     x0 = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
-    out = _np(
-        samplers.DDIM().sample(ideal_denoiser(schedule), x0, schedule, 12)
-    )
+    out = _np(samplers.DDIM().sample(ideal_denoiser(schedule), x0, schedule, 12))
     x = x0.astype("float64")
     for i in range(12, 0, -1):
         a, b = np.sqrt(alpha_bar[i]), np.sqrt(1 - alpha_bar[i])
         scaled = (x - a * MU) / (a**2 * STD**2 + b**2)
         eps, data = b * scaled, MU + a * STD**2 * scaled
-        x = (
-            np.sqrt(alpha_bar[i - 1]) * data
-            + np.sqrt(1 - alpha_bar[i - 1]) * eps
-        )
+        x = np.sqrt(alpha_bar[i - 1]) * data + np.sqrt(1 - alpha_bar[i - 1]) * eps
     # The last update lands on the clean step 0: x == pred_data.
     np.testing.assert_allclose(out, x, atol=1e-5, rtol=1e-5)
 
@@ -520,9 +509,7 @@ def test_ddim_eta0_on_linear_path_is_euler():
     x = keras.random.normal((6, 2, 2, 1), seed=5)
     ddim_record, euler_record = [], []
     ddim_out = _np(
-        samplers.DDIM().sample(
-            ideal_denoiser(schedule, ddim_record), x, schedule, 9
-        )
+        samplers.DDIM().sample(ideal_denoiser(schedule, ddim_record), x, schedule, 9)
     )
     euler_out = _np(
         samplers.Euler().sample(ideal_velocity(euler_record), x, schedule, 9)
@@ -715,11 +702,7 @@ def test_deterministic_samplers_compile(sampler, name):
     from keras_immiscible.backend import compiled
 
     schedule = SCHEDULES[name]()
-    fn = (
-        ideal_velocity()
-        if sampler.kind == "velocity"
-        else (ideal_denoiser(schedule))
-    )
+    fn = ideal_velocity() if sampler.kind == "velocity" else (ideal_denoiser(schedule))
     x = np.random.default_rng(2).normal(size=(4, 3)).astype("float32")
     run = compiled(
         lambda x: sampler.sample(fn, x, schedule, 8),
@@ -765,8 +748,13 @@ def test_registered_names_and_base_class_home():
     """Saved models name their samplers by these: they must not change."""
     from keras_immiscible.samplers import sampler as sampler_module
 
-    for cls in (samplers.DDIM, samplers.DDPM, samplers.Euler, samplers.Heun,
-                samplers.ConsistencySampler):
+    for cls in (
+        samplers.DDIM,
+        samplers.DDPM,
+        samplers.Euler,
+        samplers.Heun,
+        samplers.ConsistencySampler,
+    ):
         assert keras.saving.get_registered_name(cls) == (
             f"keras_immiscible>{cls.__name__}"
         )

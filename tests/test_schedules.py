@@ -127,9 +127,7 @@ def test_get_and_serialize():
     restored = schedules.get(config)
     assert isinstance(restored, schedules.CosineSchedule)
     assert restored.get_config() == custom.get_config()
-    np.testing.assert_allclose(
-        _np(restored(TIMES)[1]), _np(custom(TIMES)[1]), atol=0
-    )
+    np.testing.assert_allclose(_np(restored(TIMES)[1]), _np(custom(TIMES)[1]), atol=0)
     # Generic Keras deserialization (the class is registered).
     generic = keras.saving.deserialize_keras_object(config)
     assert isinstance(generic, schedules.CosineSchedule)
@@ -200,9 +198,7 @@ def _check_table(schedule, alpha_bar, indices=INDICES):
     signal, noise = (_np(r) for r in schedule(t))
     expected = alpha_bar[indices]
     np.testing.assert_allclose(signal, np.sqrt(expected), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(
-        noise, np.sqrt(1.0 - expected), rtol=1e-5, atol=1e-7
-    )
+    np.testing.assert_allclose(noise, np.sqrt(1.0 - expected), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
         _np(schedule.conditioning(t)), 1.0 - expected, rtol=1e-5, atol=1e-7
     )
@@ -274,9 +270,7 @@ def test_discrete_rounds_times_to_the_nearest_step():
     indices = [0, 0, 0, 1, 4, 5, 10, 10, 10]
     signal, noise = (_np(r) for r in schedule(t))
     np.testing.assert_allclose(signal, np.sqrt(alpha_bar[indices]), rtol=1e-6)
-    np.testing.assert_allclose(
-        noise, np.sqrt(1.0 - alpha_bar[indices]), rtol=1e-6
-    )
+    np.testing.assert_allclose(noise, np.sqrt(1.0 - alpha_bar[indices]), rtol=1e-6)
     # Any shape; integer times are cast.
     t2 = np.array([[0.1, 0.2], [0.3, 1.0]], "float32")
     signal2, _ = schedule(t2)
@@ -304,12 +298,8 @@ def test_discrete_schedule_in_compiled_function():
     fn = compiled(rates, ("test_discrete_schedule_in_compiled_function",))
     t = np.array([0.05, 0.5, 0.97], "float32")
     signal, _, conditioning = (_np(r) for r in fn(t))
-    np.testing.assert_allclose(
-        signal, np.sqrt(alpha_bar[[1, 10, 19]]), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        conditioning, 1.0 - alpha_bar[[1, 10, 19]], rtol=1e-5
-    )
+    np.testing.assert_allclose(signal, np.sqrt(alpha_bar[[1, 10, 19]]), rtol=1e-5)
+    np.testing.assert_allclose(conditioning, 1.0 - alpha_bar[[1, 10, 19]], rtol=1e-5)
 
 
 def test_discrete_sample_times_on_the_grid():
@@ -394,23 +384,16 @@ def test_new_aliases_and_round_trip(name, cls, config):
 
 def test_custom_discrete_round_trip():
     schedule = schedules.IDDPMCosine(num_steps=64, offset=0.01, max_beta=0.9)
-    restored = schedules.get(
-        json.loads(json.dumps(schedules.serialize(schedule)))
-    )
+    restored = schedules.get(json.loads(json.dumps(schedules.serialize(schedule))))
     assert restored.get_config() == {
         "num_steps": 64,
         "offset": 0.01,
         "max_beta": 0.9,
     }
     np.testing.assert_array_equal(restored.betas, schedule.betas)
-    plain = schedules.get(
-        {"class_name": "LinearBeta", "config": {"num_steps": 8}}
-    )
+    plain = schedules.get({"class_name": "LinearBeta", "config": {"num_steps": 8}})
     assert plain.num_steps == 8 and plain.beta_end == 0.02
-    assert (
-        repr(plain)
-        == "LinearBeta(num_steps=8, beta_start=0.0001, beta_end=0.02)"
-    )
+    assert repr(plain) == "LinearBeta(num_steps=8, beta_start=0.0001, beta_end=0.02)"
 
 
 @pytest.mark.parametrize(
@@ -471,16 +454,31 @@ def test_discrete_schedule_bad_betas(betas, error):
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda: schedules.LinearBeta(num_steps=2.5), TypeError,
-         "`num_steps` must be a positive int, got 2.5."),
-        (lambda: schedules.LinearBeta(beta_start=0.03, beta_end=0.02),
-         ValueError, "`beta_end` must be a number in [0.03, 1), got 0.02."),
-        (lambda: schedules.IDDPMCosine(max_beta=1.0), ValueError,
-         "`max_beta` must be a number in (0, 1), got 1.0."),
-        (lambda: schedules.IDDPMCosine(offset=None), TypeError,
-         "`offset` must be a number >= 0, got None."),
-        (lambda: schedules.CosineSchedule("low", 0.9), TypeError,
-         "`min_signal_rate` must be a finite number, got 'low'."),
+        (
+            lambda: schedules.LinearBeta(num_steps=2.5),
+            TypeError,
+            "`num_steps` must be a positive int, got 2.5.",
+        ),
+        (
+            lambda: schedules.LinearBeta(beta_start=0.03, beta_end=0.02),
+            ValueError,
+            "`beta_end` must be a number in [0.03, 1), got 0.02.",
+        ),
+        (
+            lambda: schedules.IDDPMCosine(max_beta=1.0),
+            ValueError,
+            "`max_beta` must be a number in (0, 1), got 1.0.",
+        ),
+        (
+            lambda: schedules.IDDPMCosine(offset=None),
+            TypeError,
+            "`offset` must be a number >= 0, got None.",
+        ),
+        (
+            lambda: schedules.CosineSchedule("low", 0.9),
+            TypeError,
+            "`min_signal_rate` must be a finite number, got 'low'.",
+        ),
     ],
 )
 def test_schedule_argument_messages(make, error, message):

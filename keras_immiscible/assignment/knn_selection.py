@@ -40,9 +40,7 @@ class KNNSelection(NoiseAssigner):
     def assign(self, data, candidates, labels=None):
         nearest = ops.argmin(candidate_distances(data, candidates), axis=1)
         picked = ops.one_hot(nearest, self.k, dtype=candidates.dtype)
-        picked = ops.reshape(
-            picked, (-1, self.k) + (1,) * (len(candidates.shape) - 2)
-        )
+        picked = ops.reshape(picked, (-1, self.k) + (1,) * (len(candidates.shape) - 2))
         return ops.sum(candidates * picked, axis=1)
 
     def unassigned(self, candidates):

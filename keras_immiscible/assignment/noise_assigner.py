@@ -65,9 +65,7 @@ class NoiseAssigner:
 
     def draw(self, data, seed=None):
         """Draws the candidate noise for `data` (default: one per sample)."""
-        return keras.random.normal(
-            ops.shape(data), dtype=data.dtype, seed=seed
-        )
+        return keras.random.normal(ops.shape(data), dtype=data.dtype, seed=seed)
 
     def assign(self, data, candidates, labels=None):
         """Returns the noise each sample of `data` trains with.

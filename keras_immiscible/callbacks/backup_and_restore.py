@@ -263,8 +263,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 state = {key: stored[key] for key in stored.files}
         except Exception as e:
             raise OSError(
-                f"Could not load the backup {weights_path!r} / "
-                f"{state_path!r}: {e}"
+                f"Could not load the backup {weights_path!r} / {state_path!r}: {e}"
             ) from e
         extra, metrics = _extra_variables(model), model.metrics_variables
         names = [str(n) for n in state.get("extra_names", [])]
@@ -272,8 +271,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         # process's layers carry counters, e.g. "seed_generator_1").
         stored_shapes = [
             tuple(state[f"{kind}_{i}"].shape)
-            for kind, count in (("extra", len(names)), ("metric", len(
-                [k for k in state if k.startswith("metric_")])))
+            for kind, count in (
+                ("extra", len(names)),
+                ("metric", len([k for k in state if k.startswith("metric_")])),
+            )
             for i in range(count)
         ]
         shapes = [tuple(v.shape) for v in extra + list(metrics)]
@@ -286,9 +287,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             )
         for i, variable in enumerate(extra):
             variable.assign(state[f"extra_{i}"])
-        self._pending_metrics = [
-            state[f"metric_{i}"] for i in range(len(metrics))
-        ]
+        self._pending_metrics = [state[f"metric_{i}"] for i in range(len(metrics))]
         step = _as_int(model.optimizer.iterations) if model.optimizer else None
         if step is not None and step != metadata["step"]:
             raise ValueError(
@@ -470,8 +469,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._last_good = metadata
         keep = {metadata["weights"], metadata["state"]}
         if metadata["previous"]:
-            keep |= {metadata["previous"]["weights"],
-                     metadata["previous"]["state"]}
+            keep |= {metadata["previous"]["weights"], metadata["previous"]["state"]}
         for path in glob.glob(os.path.join(self.backup_dir, _PREFIX + "*")):
             if os.path.basename(path) not in keep:
                 os.remove(path)

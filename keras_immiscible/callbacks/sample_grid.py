@@ -31,8 +31,7 @@ def _check_labels(labels, num_images):
         array = np.asarray(keras.ops.convert_to_numpy(labels))
     except Exception as e:  # noqa: BLE001
         raise TypeError(
-            f"`labels` must be None, an int or a sequence of ints, got "
-            f"{labels!r}."
+            f"`labels` must be None, an int or a sequence of ints, got {labels!r}."
         ) from e
     if (
         array.ndim != 1

@@ -155,7 +155,10 @@ def digits_dataset(
     pipeline.check_dtype(dtype)
     with_labels = arguments.check_bool(with_labels, "with_labels")
     images, labels = load_digits(
-        split, dtype=dtype, return_labels=True, image_size=image_size,
+        split,
+        dtype=dtype,
+        return_labels=True,
+        image_size=image_size,
         interpolation=interpolation,
     )
     return from_numpy(

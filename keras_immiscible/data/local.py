@@ -28,8 +28,7 @@ _REFUSED_MODES = {
     "CMYK": "four colour channels (CMYK)",
 }
 # The formats TensorFlow decodes, by Pillow's names.
-_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "BMP": "bmp",
-            "GIF": "gif"}
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "BMP": "bmp", "GIF": "gif"}
 
 
 def check_image_files(paths):
@@ -54,8 +53,7 @@ def check_image_files(paths):
         from PIL import Image
     except ImportError as e:
         raise ImportError(
-            "`from_directory` checks the image files with Pillow: "
-            "`pip install pillow`."
+            "`from_directory` checks the image files with Pillow: `pip install pillow`."
         ) from e
     formats, problems = [], []
     for path in paths:
@@ -92,14 +90,11 @@ def check_image_files(paths):
 def _check_directory(directory):
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(
-            f"`directory` must be a path to a folder of images, got "
-            f"{directory!r}."
+            f"`directory` must be a path to a folder of images, got {directory!r}."
         )
     directory = os.fspath(directory)
     if not os.path.exists(directory):
-        raise FileNotFoundError(
-            f"`directory` {directory!r} does not exist."
-        )
+        raise FileNotFoundError(f"`directory` {directory!r} does not exist.")
     if not os.path.isdir(directory):
         raise NotADirectoryError(
             f"`directory` {directory!r} is not a folder (pass the folder that "
@@ -113,7 +108,8 @@ def _check_no_unlabelled_files(directory):
     subfolder (Keras ignores images lying directly in `directory`): refuse
     those images rather than drop them silently."""
     loose = sorted(
-        name for name in os.listdir(directory)
+        name
+        for name in os.listdir(directory)
         if name.lower().endswith(IMAGE_EXTENSIONS)
         and os.path.isfile(os.path.join(directory, name))
     )
@@ -298,8 +294,7 @@ def _check_images(images):
         return images
     if not np.issubdtype(images.dtype, np.floating):
         raise TypeError(
-            "`images` must be uint8 (0-255) or float (0-1), got dtype "
-            f"{images.dtype}."
+            f"`images` must be uint8 (0-255) or float (0-1), got dtype {images.dtype}."
         )
     finite = np.isfinite(images)
     if not finite.all():
@@ -418,13 +413,13 @@ def from_numpy(
 
     image_tensor = tf.convert_to_tensor(images)
     label_tensor = tf.convert_to_tensor(labels) if with_labels else None
-    num_batches = count // batch_size if drop_remainder else -(
-        -count // batch_size
-    )
+    num_batches = count // batch_size if drop_remainder else -(-count // batch_size)
     # The pass counter: the first batch of every pass increments it once,
     # so each pass (a peek by Keras included) knows its epoch.
     counter = tf.Variable(
-        initial_epoch - 1, dtype=tf.int64, trainable=False,
+        initial_epoch - 1,
+        dtype=tf.int64,
+        trainable=False,
         name="from_numpy_epoch",
     )
     base_key = tf.constant([seed, 0x5EED], dtype=tf.int64)
@@ -438,9 +433,9 @@ def from_numpy(
         batches = tf.data.Dataset.from_tensor_slices(order).batch(
             batch_size, drop_remainder=drop_remainder
         )
-        return tf.data.Dataset.zip(
-            (batches, tf.data.Dataset.range(num_batches))
-        ).map(lambda index, number: (index, key, number))
+        return tf.data.Dataset.zip((batches, tf.data.Dataset.range(num_batches))).map(
+            lambda index, number: (index, key, number)
+        )
 
     def gather(index, key, number):
         batch = tf.gather(image_tensor, index)

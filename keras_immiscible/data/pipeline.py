@@ -61,11 +61,15 @@ def check_image_size(image_size, name="image_size", allow_pair=False):
         or not isinstance(image_size, numbers.Integral)
         or image_size <= 0
     ):
-        expected = "an int or a pair (height, width)" if allow_pair else (
-            "a positive int (the side of the square images)"
+        expected = (
+            "an int or a pair (height, width)"
+            if allow_pair
+            else ("a positive int (the side of the square images)")
         )
-        error = ValueError if isinstance(image_size, numbers.Integral) else (
-            arguments.ArgumentTypeError
+        error = (
+            ValueError
+            if isinstance(image_size, numbers.Integral)
+            else (arguments.ArgumentTypeError)
         )
         raise error(f"`{name}` must be {expected}, got {image_size!r}.")
     return int(image_size), int(image_size)
@@ -143,7 +147,7 @@ def crop_and_resize(image, box, size):
 
     if box is not None:
         top, left, crop_height, crop_width = box
-        image = image[top:top + crop_height, left:left + crop_width]
+        image = image[top : top + crop_height, left : left + crop_width]
     image = tf.image.resize(image, size, method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 

@@ -48,7 +48,7 @@ class DatasetNotPreparedError(FileNotFoundError):
 def _import_tfds():
     hint = (
         f"`pip install {TFDS_EXTRA}` together with TensorFlow, e.g. "
-        "`pip install \"keras-immiscible[tfds,tensorflow-cpu]\"` (they work "
+        '`pip install "keras-immiscible[tfds,tensorflow-cpu]"` (they work '
         "with every Keras backend)."
     )
     try:
@@ -69,8 +69,10 @@ def _import_tfds():
 
 
 def _not_prepared_message(name, builder_dir, data_dir, reason, extra=""):
-    root = data_dir if data_dir is not None else os.path.dirname(
-        os.path.dirname(builder_dir)
+    root = (
+        data_dir
+        if data_dir is not None
+        else os.path.dirname(os.path.dirname(builder_dir))
     )
     return (
         f"The tensorflow-datasets data set '{name}' is not prepared in the "
@@ -87,9 +89,7 @@ def _not_prepared_message(name, builder_dir, data_dir, reason, extra=""):
     )
 
 
-def _tfds_source(
-    name, split, data_dir, download, shuffle_files, seed, extra=""
-):
+def _tfds_source(name, split, data_dir, download, shuffle_files, seed, extra=""):
     """Opens a prepared tfds split as a dataset of feature dicts."""
     tfds = _import_tfds()
     if not isinstance(split, str) or not split.strip():
@@ -99,9 +99,7 @@ def _tfds_source(
         )
     if data_dir is not None:
         if not isinstance(data_dir, (str, os.PathLike)):
-            raise TypeError(
-                f"`data_dir` must be None or a path, got {data_dir!r}."
-            )
+            raise TypeError(f"`data_dir` must be None or a path, got {data_dir!r}.")
         data_dir = os.fspath(data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
@@ -123,14 +121,20 @@ def _tfds_source(
             _not_prepared_message(name, builder.data_dir, data_dir, e, extra)
         ) from e
     except ValueError as e:
-        raise ValueError(
-            f"`split`={split!r} is not valid for '{name}': {e}"
-        ) from e
+        raise ValueError(f"`split`={split!r} is not valid for '{name}': {e}") from e
 
 
 def _check_common(
-    image_size, batch_size, shuffle, cache, drop_remainder, flip,
-    with_labels, download, seed, dtype,
+    image_size,
+    batch_size,
+    shuffle,
+    cache,
+    drop_remainder,
+    flip,
+    with_labels,
+    download,
+    seed,
+    dtype,
 ):
     return dict(
         size=pipeline.check_image_size(image_size),
@@ -148,22 +152,29 @@ def _check_common(
 
 def _build(name, split, data_dir, args, preprocess, extra=""):
     source, _ = _tfds_source(
-        name, split, data_dir, args["download"],
-        shuffle_files=bool(args["shuffle_buffer"]), seed=args["seed"],
+        name,
+        split,
+        data_dir,
+        args["download"],
+        shuffle_files=bool(args["shuffle_buffer"]),
+        seed=args["seed"],
         extra=extra,
     )
     import tensorflow as tf
 
     size = args["size"]
     if args["with_labels"]:
+
         def to_element(example):
             return (
                 preprocess(example["image"], size),
                 tf.cast(example["label"], tf.int32),
             )
     else:
+
         def to_element(example):
             return preprocess(example["image"], size)
+
     dataset = source.map(to_element, num_parallel_calls=tf.data.AUTOTUNE)
     return pipeline.finish(
         dataset,
@@ -242,8 +253,16 @@ def load_cifar10(
     ```
     """
     args = _check_common(
-        image_size, batch_size, shuffle, cache, drop_remainder, flip,
-        with_labels, download, seed, dtype,
+        image_size,
+        batch_size,
+        shuffle,
+        cache,
+        drop_remainder,
+        flip,
+        with_labels,
+        download,
+        seed,
+        dtype,
     )
     return _build("cifar10", split, data_dir, args, _center_square)
 
@@ -300,8 +319,16 @@ def load_celeba(
     ```
     """
     args = _check_common(
-        image_size, batch_size, shuffle, cache, drop_remainder, flip,
-        False, download, seed, dtype,
+        image_size,
+        batch_size,
+        shuffle,
+        cache,
+        drop_remainder,
+        flip,
+        False,
+        download,
+        seed,
+        dtype,
     )
     box = _celeba_box(crop)
 
@@ -382,9 +409,15 @@ def load_oxford_flowers(
     ```
     """
     args = _check_common(
-        image_size, batch_size, shuffle, cache, drop_remainder, flip,
-        with_labels, download, seed, dtype,
+        image_size,
+        batch_size,
+        shuffle,
+        cache,
+        drop_remainder,
+        flip,
+        with_labels,
+        download,
+        seed,
+        dtype,
     )
-    return _build(
-        "oxford_flowers102", split, data_dir, args, _center_square
-    )
+    return _build("oxford_flowers102", split, data_dir, args, _center_square)

@@ -34,8 +34,7 @@ def _check_range(value, name):
         not isinstance(value, (tuple, list))
         or len(value) != 2
         or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool)
-            for v in value
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
         )
         or not all(math.isfinite(v) for v in value)
         or not value[0] < value[1]
@@ -173,8 +172,7 @@ class Autoencoder(keras.Model):
         for value, name in ((encoder, "encoder"), (decoder, "decoder")):
             if not callable(value):
                 raise TypeError(
-                    f"`{name}` must be a Keras model or a callable, got "
-                    f"{value!r}."
+                    f"`{name}` must be a Keras model or a callable, got {value!r}."
                 )
         scaling_factor = arguments.check_number(
             scaling_factor, "scaling_factor", low=0, low_open=True
@@ -352,9 +350,7 @@ class Autoencoder(keras.Model):
             mean, logvar = ops.split(out, 2, axis=-1)
             if sample:
                 logvar = ops.clip(logvar, *LOGVAR_RANGE)
-                eps = keras.random.normal(
-                    ops.shape(mean), dtype="float32", seed=seed
-                )
+                eps = keras.random.normal(ops.shape(mean), dtype="float32", seed=seed)
                 out = mean + ops.exp(0.5 * logvar) * eps
             else:
                 out = mean

@@ -51,8 +51,7 @@ def _array_batches(images, labels, batch_size):
         labels = np.asarray(labels)
         if len(labels) != len(images):
             raise ValueError(
-                f"encode_dataset: {len(images)} images but {len(labels)} "
-                "labels."
+                f"encode_dataset: {len(images)} images but {len(labels)} labels."
             )
     n = len(images)
     batches = (
@@ -97,8 +96,7 @@ def _tf_batches(dataset, batch_size, image_rank):
     return batches(), num_batches, num_images, label_spec is not None
 
 
-def _check_cache(data, path, autoencoder, num_images, has_labels, sample,
-                 seed):
+def _check_cache(data, path, autoencoder, num_images, has_labels, sample, seed):
     def stale(reason):
         raise ValueError(
             f"encode_dataset: the cache {path!r} does not match this call "
@@ -255,17 +253,13 @@ def encode_dataset(
         return result
 
     seed_generator = keras.random.SeedGenerator(seed) if sample else None
-    progbar = keras.utils.Progbar(
-        num_batches, verbose=verbose, unit_name="batch"
-    )
+    progbar = keras.utils.Progbar(num_batches, verbose=verbose, unit_name="batch")
     all_latents, all_labels = [], []
     step = 0
     for step, (images, labels) in enumerate(batches, start=1):
         if len(images) == 0:
             continue
-        latents = autoencoder.encode(
-            images, sample=sample, seed=seed_generator
-        )
+        latents = autoencoder.encode(images, sample=sample, seed=seed_generator)
         all_latents.append(keras.ops.convert_to_numpy(latents))
         if has_labels:
             all_labels.append(np.asarray(labels))

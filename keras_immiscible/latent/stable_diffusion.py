@@ -157,9 +157,7 @@ class StableDiffusionVAE(Autoencoder):
         stable_diffusion = import_keras_cv()
         download = spec == "download"
         try:
-            full_encoder = stable_diffusion.ImageEncoder(
-                download_weights=download
-            )
+            full_encoder = stable_diffusion.ImageEncoder(download_weights=download)
             full_decoder = stable_diffusion.Decoder(
                 height, width, download_weights=download
             )

@@ -62,9 +62,7 @@ class AttentionBlock(keras.layers.Layer):
             )
         _, height, width, channels = input_shape
         key_dim = self.key_dim or max(channels // self.num_heads, 1)
-        self.norm = make_norm(
-            channels, self.groups, "norm", dtype=self.dtype_policy
-        )
+        self.norm = make_norm(channels, self.groups, "norm", dtype=self.dtype_policy)
         self.norm.build(input_shape)
         self.attention = keras.layers.MultiHeadAttention(
             num_heads=self.num_heads,

@@ -104,9 +104,7 @@ class ResidualBlock(keras.layers.Layer):
         channels = x_shape[-1]
         hidden_shape = x_shape[:-1] + (self.width,)
 
-        self.norm1 = make_norm(
-            channels, self.groups, "norm1", dtype=self.dtype_policy
-        )
+        self.norm1 = make_norm(channels, self.groups, "norm1", dtype=self.dtype_policy)
         self.norm1.build(x_shape)
         self.conv1.build(x_shape)
         self.norm2.build(hidden_shape)

@@ -60,15 +60,12 @@ class SinusoidalEmbedding(keras.layers.Layer):
         embedding_dims = check_positive_int(embedding_dims, "embedding_dims")
         if embedding_dims % 2:
             raise ValueError(
-                "`embedding_dims` must be a positive even int, got "
-                f"{embedding_dims}."
+                f"`embedding_dims` must be a positive even int, got {embedding_dims}."
             )
         min_frequency = check_number(
             min_frequency, "min_frequency", low=0, low_open=True
         )
-        max_frequency = check_number(
-            max_frequency, "max_frequency", low=min_frequency
-        )
+        max_frequency = check_number(max_frequency, "max_frequency", low=min_frequency)
         self.embedding_dims = int(embedding_dims)
         self.min_frequency = min_frequency
         self.max_frequency = max_frequency

@@ -112,8 +112,7 @@ def UNet(
     height, width, channels = (int(d) for d in image_shape)
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
         raise TypeError(
-            "`widths` must be a sequence of positive ints. "
-            f"Received: widths={widths!r}"
+            f"`widths` must be a sequence of positive ints. Received: widths={widths!r}"
         )
     if len(widths) == 0 or not all(_is_positive_int(w) for w in widths):
         raise ValueError(
@@ -125,8 +124,7 @@ def UNet(
     embedding_dims = check_positive_int(embedding_dims, "embedding_dims")
     if embedding_dims % 2:
         raise ValueError(
-            "`embedding_dims` must be even. "
-            f"Received: embedding_dims={embedding_dims}"
+            f"`embedding_dims` must be even. Received: embedding_dims={embedding_dims}"
         )
     dropout = check_probability(dropout, "dropout", allow_one=False)
     groups = check_positive_int(groups, "groups", allow_none=True)
@@ -159,18 +157,12 @@ def UNet(
             )
 
     time_dims = 4 * widths[0]
-    noisy_images = keras.Input(
-        shape=(height, width, channels), name="noisy_images"
-    )
+    noisy_images = keras.Input(shape=(height, width, channels), name="noisy_images")
     noise_level = keras.Input(shape=(1, 1, 1), name="noise_level")
     inputs = [noisy_images, noise_level]
 
-    emb = SinusoidalEmbedding(embedding_dims, name="noise_embedding")(
-        noise_level
-    )
-    emb = keras.layers.Dense(time_dims, activation="silu", name="time_mlp_1")(
-        emb
-    )
+    emb = SinusoidalEmbedding(embedding_dims, name="noise_embedding")(noise_level)
+    emb = keras.layers.Dense(time_dims, activation="silu", name="time_mlp_1")(emb)
     emb = keras.layers.Dense(time_dims, name="time_mlp_2")(emb)
     if num_classes is not None:
         labels = keras.Input(shape=(), dtype="int32", name="labels")

@@ -176,9 +176,11 @@ def add_real_images(metrics, real_images, batch_size, num_real_images=None, verb
             target = min(target, num_real_images)
     elif num_real_images is not None:
         target = num_real_images
-    progbar = keras.utils.Progbar(
-        target, verbose=verbose, unit_name="real image"
-    ) if verbose else None
+    progbar = (
+        keras.utils.Progbar(target, verbose=verbose, unit_name="real image")
+        if verbose
+        else None
+    )
     done = 0
     for batch in iterate_image_batches(
         real_images, batch_size, limit=num_real_images, name="real_images"
@@ -226,9 +228,11 @@ def add_generated_images(
     metrics, model, num_images, batch_size, steps, seed, generate_kwargs=None, verbose=1
 ):
     """Generates `num_images` images and adds their features to `metrics`."""
-    progbar = keras.utils.Progbar(
-        num_images, verbose=verbose, unit_name="generated image"
-    ) if verbose else None
+    progbar = (
+        keras.utils.Progbar(num_images, verbose=verbose, unit_name="generated image")
+        if verbose
+        else None
+    )
     done = 0
     for images in generate_batches(
         model, num_images, batch_size, steps, seed, generate_kwargs
@@ -307,8 +311,14 @@ def evaluate_generator(
     add_real_images(metrics, real_images, batch_size, num_real_images, verbose)
     with ema_weights(model, enabled=use_ema):
         add_generated_images(
-            metrics, model, num_images, batch_size, steps, seed,
-            generate_kwargs, verbose,
+            metrics,
+            model,
+            num_images,
+            batch_size,
+            steps,
+            seed,
+            generate_kwargs,
+            verbose,
         )
     return {metric.name: float(metric.result()) for metric in metrics}
 

@@ -201,9 +201,7 @@ class CallableFeatureExtractor(FeatureExtractor):
     def __init__(self, fn, batch_size=64):
         super().__init__(batch_size)
         if not callable(fn):
-            raise TypeError(
-                f"`feature_extractor` must be callable, got {fn!r}."
-            )
+            raise TypeError(f"`feature_extractor` must be callable, got {fn!r}.")
         self.fn = fn
 
     @property

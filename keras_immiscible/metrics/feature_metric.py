@@ -91,7 +91,9 @@ class FeatureMetric:
         self.name = name
         arguments.check_positive_int(batch_size, "batch_size")
         self._extractor_spec = feature_extractor
-        self.weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+        self.weights = (
+            os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+        )
         self.batch_size = int(batch_size)
         if _is_lazy_spec(feature_extractor):
             # Built-in extractors are built on first use (no Inception
@@ -195,9 +197,7 @@ class FeatureMetric:
         if real_images is not None:
             real_images = self.check_images(real_images, "real_images")
         if generated_images is not None:
-            generated_images = self.check_images(
-                generated_images, "generated_images"
-            )
+            generated_images = self.check_images(generated_images, "generated_images")
         extractor = self.get_feature_extractor()
         real = gen = None
         if real_images is not None:
@@ -225,9 +225,7 @@ class FeatureMetric:
                 continue
             feats = check_finite_samples(feats, name)
             if feats.ndim != 2:
-                raise ValueError(
-                    f"`{name}` must have shape (n, d), got {feats.shape}."
-                )
+                raise ValueError(f"`{name}` must have shape (n, d), got {feats.shape}.")
             if self._feature_dim is None:
                 self._feature_dim = (feats.shape[1], name)
             elif self._feature_dim[0] != feats.shape[1]:

@@ -186,9 +186,7 @@ class FID(FeatureMetric):
         """`(mean, covariance)` (float64) of the `"real"` or `"generated"`
         features seen so far."""
         if side not in (REAL, GENERATED):
-            raise ValueError(
-                f"`side` must be 'real' or 'generated', got {side!r}."
-            )
+            raise ValueError(f"`side` must be 'real' or 'generated', got {side!r}.")
         moments = self._moments[side]
         if moments.count < 2:
             raise ValueError(

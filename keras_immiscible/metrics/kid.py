@@ -51,8 +51,7 @@ def polynomial_mmd2_unbiased(x, y):
     m, n = x.shape[0], y.shape[0]
     if m < 2 or n < 2:
         raise ValueError(
-            f"The unbiased MMD needs at least 2 samples per set, got {m} and "
-            f"{n}."
+            f"The unbiased MMD needs at least 2 samples per set, got {m} and {n}."
         )
     k_xx = polynomial_kernel(x, x)
     k_yy = polynomial_kernel(y, y)
@@ -191,9 +190,7 @@ class KID(FeatureMetric):
     def features(self, side="real"):
         """The kept feature vectors of the `"real"` or `"generated"` set."""
         if side not in (REAL, GENERATED):
-            raise ValueError(
-                f"`side` must be 'real' or 'generated', got {side!r}."
-            )
+            raise ValueError(f"`side` must be 'real' or 'generated', got {side!r}.")
         return self._reservoirs[side].values().copy()
 
     def _subset_estimates(self):

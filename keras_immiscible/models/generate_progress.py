@@ -41,12 +41,9 @@ class GenerateProgress:
         if self.verbose == 0:
             return
         if self._bar is None and (
-            self.verbose == 1
-            or time.monotonic() - self._start >= self.delay
+            self.verbose == 1 or time.monotonic() - self._start >= self.delay
         ):
-            self._bar = keras.utils.Progbar(
-                self.total, unit_name="network evaluation"
-            )
+            self._bar = keras.utils.Progbar(self.total, unit_name="network evaluation")
         if self._bar is not None:
             self._bar.update(min(self.count, self.total))
 

@@ -138,9 +138,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
         self.sigma_max = check_number(
             sigma_max, "sigma_max", low=self.sigma_min, low_open=True
         )
-        self.sigma_data = check_number(
-            sigma_data, "sigma_data", low=0, low_open=True
-        )
+        self.sigma_data = check_number(sigma_data, "sigma_data", low=0, low_open=True)
         self.rho = check_number(rho, "rho", low=0, low_open=True)
         self.initial_levels = check_int(initial_levels, "initial_levels", minimum=1)
         self.final_levels = check_int(
@@ -203,7 +201,9 @@ class ImmiscibleConsistency(ImmiscibleModel):
         if step is None:
             step = self.training_steps
         return cm.curriculum_num_levels(
-            step, self.total_training_steps, self.initial_levels,
+            step,
+            self.total_training_steps,
+            self.initial_levels,
             self.final_levels,
         )
 
@@ -241,8 +241,9 @@ class ImmiscibleConsistency(ImmiscibleModel):
         # Rounding can leave cdf[-1] just under u: stay on the grid.
         return ops.minimum(index, ops.cast(num_levels, "int32") - 2)
 
-    def consistency_function(self, noisy, sigma, labels=None, training=False,
-                             network=None):
+    def consistency_function(
+        self, noisy, sigma, labels=None, training=False, network=None
+    ):
         """`f(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`.
 
         Args:
@@ -255,15 +256,9 @@ class ImmiscibleConsistency(ImmiscibleModel):
         Returns:
             The clean-data estimate, shaped like `noisy`.
         """
-        c_skip, c_out, c_in = cm.edm_scalings(
-            sigma, self.sigma_data, self.sigma_min
-        )
-        c_skip, c_out, c_in = (
-            self._per_sample(c) for c in (c_skip, c_out, c_in)
-        )
-        conditioning = cm.noise_conditioning(
-            sigma, self.sigma_min, self.sigma_max
-        )
+        c_skip, c_out, c_in = cm.edm_scalings(sigma, self.sigma_data, self.sigma_min)
+        c_skip, c_out, c_in = (self._per_sample(c) for c in (c_skip, c_out, c_in))
+        conditioning = cm.noise_conditioning(sigma, self.sigma_min, self.sigma_max)
         inputs = self._network_inputs(c_in * noisy, conditioning, labels)
         if network is None:
             output = self.network(inputs, training=training)
@@ -400,9 +395,7 @@ class ImmiscibleConsistency(ImmiscibleModel):
 
         def consistency_fn(x, sigma):
             sigma = ops.full((batch,), sigma, "float32")
-            return self.consistency_function(
-                x, sigma, labels, network=network
-            )
+            return self.consistency_function(x, sigma, labels, network=network)
 
         return sampler.sample(
             consistency_fn,
@@ -438,9 +431,10 @@ class ImmiscibleConsistency(ImmiscibleModel):
 def _user_stacklevel():
     """The `stacklevel` of a warning that points past Keras and this library."""
     level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_globals.get(
-        "__name__", ""
-    ).split(".")[0] in ("keras", "keras_immiscible"):
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+        "keras",
+        "keras_immiscible",
+    ):
         level, frame = level + 1, frame.f_back
     return level
 

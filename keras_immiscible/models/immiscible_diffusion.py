@@ -118,9 +118,7 @@ class ImmiscibleDiffusion(ImmiscibleModel):
 
     def training_target(self, data, noise, signal_rate, noise_rate):
         """The regression target of the network for `self.prediction`."""
-        return predictions.target(
-            self.prediction, data, noise, signal_rate, noise_rate
-        )
+        return predictions.target(self.prediction, data, noise, signal_rate, noise_rate)
 
     def noise_loss(self, data, noise, labels=None, training=True):
         """Diffusion loss of `data` in [-1, 1] noised with `noise`."""

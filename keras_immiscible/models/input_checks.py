@@ -30,8 +30,7 @@ def network_spec(network):
     image_shape = tuple(inputs[0].shape[1:])
     if any(d is None for d in image_shape):
         raise ValueError(
-            "The network's image input needs a fully defined shape, got "
-            f"{image_shape}."
+            f"The network's image input needs a fully defined shape, got {image_shape}."
         )
     return image_shape, len(inputs) == 3
 
@@ -112,9 +111,7 @@ def _check_dtype(dtype, name):
 
 
 def _check_shape(shape, image_shape, name):
-    if tuple(shape[1:]) != tuple(image_shape) or len(shape) != len(
-        image_shape
-    ) + 1:
+    if tuple(shape[1:]) != tuple(image_shape) or len(shape) != len(image_shape) + 1:
         raise ValueError(
             f"`{name}` must have shape {_describe_shape(image_shape)} to "
             f"match the network, got {tuple(shape)}."
@@ -185,25 +182,20 @@ def check_batch(model, x, y):
     if batch.get("noise") is not None:
         noise = batch["noise"]
         if "float" not in keras.backend.standardize_dtype(noise.dtype):
-            raise TypeError(
-                f"Batch 'noise' must be float, got dtype {noise.dtype}."
-            )
+            raise TypeError(f"Batch 'noise' must be float, got dtype {noise.dtype}.")
         _check_shape(tuple(noise.shape), model.image_shape, "noise")
     labels = batch.get("labels")
     if model.num_classes_input:
         if labels is None:
             raise ValueError(
-                "The network is class-conditional: the data must be "
-                "`(images, labels)`."
+                "The network is class-conditional: the data must be `(images, labels)`."
             )
         if _is_concrete(labels):
             # Eager steps (PyTorch, run_eagerly): checked here. Compiled
             # steps get labels checked upstream (numpy arrays in
             # `check_dataset`, tf.data by its checking stage).
             check_label_values(labels, model.label_limit, "labels")
-        batch["labels"] = keras.ops.reshape(
-            keras.ops.cast(labels, "int32"), (-1,)
-        )
+        batch["labels"] = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,))
     elif labels is not None:
         if not getattr(model, "_warned_labels", False):
             warnings.warn(
@@ -249,9 +241,7 @@ def check_dataset(model, x, name="x"):
     if x is None:
         return x
     array = x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x
-    if isinstance(array, dict) and isinstance(
-        array.get("images"), np.ndarray
-    ):
+    if isinstance(array, dict) and isinstance(array.get("images"), np.ndarray):
         array = array["images"]
     labels = None
     if isinstance(x, (list, tuple)) and len(x) == 2:
@@ -284,9 +274,7 @@ def shuffles_itself(x):
     if isinstance(x, types.GeneratorType) or is_tf_dataset(x):
         return True
     module = type(x).__module__ or ""
-    return module.startswith("torch.utils.data") and (
-        type(x).__name__ == "DataLoader"
-    )
+    return module.startswith("torch.utils.data") and (type(x).__name__ == "DataLoader")
 
 
 def is_tf_dataset(x):
@@ -330,9 +318,9 @@ def _checked_tf_dataset(model, dataset, name):
         images = element[0]
         if isinstance(images, dict):
             images = images["images"]
-        latents = len(_accepted_shapes(model)) > 1 and tuple(
-            images.shape[1:]
-        ) == tuple(model.image_shape)
+        latents = len(_accepted_shapes(model)) > 1 and tuple(images.shape[1:]) == tuple(
+            model.image_shape
+        )
         if latents:
             tf.debugging.assert_all_finite(
                 tf.cast(images, tf.float32),
@@ -364,11 +352,15 @@ def _checked_tf_dataset(model, dataset, name):
             labels = element[1]
         if labels is not None and model.num_classes_input:
             labels = tf.cast(labels, tf.int64)
-            message = "labels must be class indices in " + (
-                f"[0, {model.label_limit - 1}]"
-                if model.label_limit is not None
-                else ">= 0"
-            ) + " (the rows of the network's class embedding)."
+            message = (
+                "labels must be class indices in "
+                + (
+                    f"[0, {model.label_limit - 1}]"
+                    if model.label_limit is not None
+                    else ">= 0"
+                )
+                + " (the rows of the network's class embedding)."
+            )
             tf.debugging.assert_non_negative(labels, message)
             if model.label_limit is not None:
                 tf.debugging.assert_less(

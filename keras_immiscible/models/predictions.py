@@ -41,9 +41,7 @@ def target(prediction, data, noise, signal_rate, noise_rate):
         return signal_rate * noise - noise_rate * data
     if prediction == "velocity":
         return noise - data
-    raise ValueError(
-        f"`prediction` must be one of {PREDICTIONS}, got {prediction!r}."
-    )
+    raise ValueError(f"`prediction` must be one of {PREDICTIONS}, got {prediction!r}.")
 
 
 def split(prediction, output, noisy, signal_rate, noise_rate):

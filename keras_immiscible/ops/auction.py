@@ -80,14 +80,9 @@ def _sinkhorn_prices(cost, iterations, final_temperature, unroll):
     ratio = final_temperature ** (1.0 / max(iterations - 1, 1))
 
     def step(k, g):
-        temperature = ops.power(
-            ops.cast(ratio, "float32"), ops.cast(k, "float32")
-        )
-        f = -temperature * ops.logsumexp((g[None, :] - cost) / temperature,
-                                         axis=1)
-        return -temperature * ops.logsumexp(
-            (f[:, None] - cost) / temperature, axis=0
-        )
+        temperature = ops.power(ops.cast(ratio, "float32"), ops.cast(k, "float32"))
+        f = -temperature * ops.logsumexp((g[None, :] - cost) / temperature, axis=1)
+        return -temperature * ops.logsumexp((f[:, None] - cost) / temperature, axis=0)
 
     loops, rest = divmod(iterations, unroll)
 
@@ -116,8 +111,7 @@ def _best_two(values):
     return best_object, best_value, second_value
 
 
-def _bid(values, bidders, bidding, prices, person_to_object,
-         object_to_person, eps):
+def _bid(values, bidders, bidding, prices, person_to_object, object_to_person, eps):
     """One Jacobi round for the rows `bidders` (those with `bidding` true).
 
     `values[r]` is `-(C + p)` for row `bidders[r]`. Every bidding row bids
@@ -149,33 +143,37 @@ def _bid(values, bidders, bidding, prices, person_to_object,
         ops.logical_and(has_bid, object_to_person >= 0), object_to_person, n
     )
     padded = ops.concatenate([person_to_object, -ops.ones((1,), "int32")])
-    padded = ops.scatter_update(
-        padded, evicted[:, None], -ops.ones((n,), "int32")
-    )
+    padded = ops.scatter_update(padded, evicted[:, None], -ops.ones((n,), "int32"))
     seated = ops.where(has_bid, new_object_to_person, n)
     padded = ops.scatter_update(padded, seated[:, None], objects)
     return new_prices, padded[:n], new_object_to_person
 
 
-def _full_round(cost, prices, person_to_object, object_to_person, eps,
-                active):
+def _full_round(cost, prices, person_to_object, object_to_person, eps, active):
     n = _size(cost)
     bidding = ops.logical_and(person_to_object < 0, active)
     values = -(cost + prices[None, :])
-    return _bid(values, ops.arange(n, dtype="int32"), bidding, prices,
-                person_to_object, object_to_person, eps)
+    return _bid(
+        values,
+        ops.arange(n, dtype="int32"),
+        bidding,
+        prices,
+        person_to_object,
+        object_to_person,
+        eps,
+    )
 
 
-def _tail_round(cost, prices, person_to_object, object_to_person, eps,
-                active, k):
+def _tail_round(cost, prices, person_to_object, object_to_person, eps, active, k):
     """A round in which only (at most `k`) unassigned rows bid."""
     unassigned = person_to_object < 0
     _, bidders = ops.top_k(ops.cast(unassigned, "float32"), k, sorted=False)
     bidders = ops.cast(bidders, "int32")
     bidding = ops.logical_and(ops.take(unassigned, bidders), active)
     values = -(ops.take(cost, bidders, axis=0) + prices[None, :])
-    return _bid(values, bidders, bidding, prices, person_to_object,
-                object_to_person, eps)
+    return _bid(
+        values, bidders, bidding, prices, person_to_object, object_to_person, eps
+    )
 
 
 def _slacks(cost, prices, columns):
@@ -195,8 +193,7 @@ def _slacks(cost, prices, columns):
     diagonal = ops.take_along_axis(cost, rows[:, None], axis=1)[:, 0]
     primal = chosen - u - ops.take(v, columns)
     identity = diagonal - u - v
-    return (ops.sum(ops.maximum(primal, 0.0)),
-            ops.sum(ops.maximum(identity, 0.0)))
+    return (ops.sum(ops.maximum(primal, 0.0)), ops.sum(ops.maximum(identity, 0.0)))
 
 
 def _bound(cost, prices, columns):
@@ -211,8 +208,7 @@ def _bound(cost, prices, columns):
     return ops.where(ops.isnan(bound), float("inf"), bound)
 
 
-def _augment_one(cost, prices, person_to_object, object_to_person,
-                 max_steps, unroll):
+def _augment_one(cost, prices, person_to_object, object_to_person, max_steps, unroll):
     """Seats one unassigned row along a shortest augmenting path.
 
     Dijkstra on the reduced costs `C_ij + p_j` (dense, one column per step:
@@ -225,8 +221,7 @@ def _augment_one(cost, prices, person_to_object, object_to_person,
     """
     n = _size(cost)
     big = ops.convert_to_tensor(float("inf"), cost.dtype)
-    start = ops.cast(ops.argmax(ops.cast(person_to_object < 0, "int32")),
-                     "int32")
+    start = ops.cast(ops.argmax(ops.cast(person_to_object < 0, "int32")), "int32")
     row = ops.take(cost, start, axis=0) + prices
     dist = row - ops.min(row)
     pred = ops.full((n,), start, "int32")
@@ -255,28 +250,31 @@ def _augment_one(cost, prices, person_to_object, object_to_person,
         row = ops.take(cost, i, axis=0) + prices
         through = mu + row - ops.take(row, j)
         better = ops.logical_and(ops.logical_not(scanned), through < dist)
-        better = ops.logical_and(better, ops.logical_and(ops.logical_not(free),
-                                                         going))
+        better = ops.logical_and(better, ops.logical_and(ops.logical_not(free), going))
         dist = ops.where(better, through, dist)
         pred = ops.where(better, i, pred)
         found = ops.where(ops.logical_and(free, going), j, found)
         mu = ops.where(going, mu, mu_before)
-        return dist, pred, scanned, found, j, mu, steps + ops.cast(going,
-                                                                   "int32")
+        return dist, pred, scanned, found, j, mu, steps + ops.cast(going, "int32")
 
     state = ops.while_loop(
-        cond, body,
-        (dist, pred, scanned, ops.convert_to_tensor(-1, "int32"),
-         ops.convert_to_tensor(0, "int32"),
-         ops.convert_to_tensor(0.0, cost.dtype),
-         ops.convert_to_tensor(0, "int32")),
+        cond,
+        body,
+        (
+            dist,
+            pred,
+            scanned,
+            ops.convert_to_tensor(-1, "int32"),
+            ops.convert_to_tensor(0, "int32"),
+            ops.convert_to_tensor(0.0, cost.dtype),
+            ops.convert_to_tensor(0, "int32"),
+        ),
     )
     dist, pred, scanned, found, _, mu, steps = state
     ok = found >= 0
     # Scanned columns (all at distance <= mu) rise by mu - d: the columns
     # on the path become as cheap as the free column for their new rows.
-    raise_by = ops.where(ops.logical_and(scanned, ok),
-                         ops.maximum(mu - dist, 0.0), 0.0)
+    raise_by = ops.where(ops.logical_and(scanned, ok), ops.maximum(mu - dist, 0.0), 0.0)
     prices = prices + raise_by
 
     def flip_cond(j, person_to_object, object_to_person, going):
@@ -290,32 +288,35 @@ def _augment_one(cost, prices, person_to_object, object_to_person,
         return previous, person_to_object, object_to_person, i != start
 
     _, person_to_object, object_to_person, _ = ops.while_loop(
-        flip_cond, flip_body,
+        flip_cond,
+        flip_body,
         (ops.maximum(found, 0), person_to_object, object_to_person, ok),
         maximum_iterations=n,
     )
     return prices, person_to_object, object_to_person, steps
 
 
-def _augment(cost, prices, person_to_object, object_to_person, max_steps,
-             unroll):
+def _augment(cost, prices, person_to_object, object_to_person, max_steps, unroll):
     """Seats every unassigned row by augmenting paths (see `_augment_one`)."""
 
     def cond(prices, person_to_object, object_to_person, steps):
-        return ops.logical_and(ops.any(person_to_object < 0),
-                               steps < max_steps)
+        return ops.logical_and(ops.any(person_to_object < 0), steps < max_steps)
 
     def body(prices, person_to_object, object_to_person, steps):
         prices, person_to_object, object_to_person, used = _augment_one(
-            cost, prices, person_to_object, object_to_person,
-            max_steps - steps, unroll,
+            cost,
+            prices,
+            person_to_object,
+            object_to_person,
+            max_steps - steps,
+            unroll,
         )
         return prices, person_to_object, object_to_person, steps + used
 
     return ops.while_loop(
-        cond, body,
-        (prices, person_to_object, object_to_person,
-         ops.convert_to_tensor(0, "int32")),
+        cond,
+        body,
+        (prices, person_to_object, object_to_person, ops.convert_to_tensor(0, "int32")),
     )
 
 
@@ -401,8 +402,7 @@ def auction_assignment(
     cost = reduce_cost(ops.cast(cost, "float32"))
     scale = ops.maximum(ops.std(cost), _TINY)
     cost = cost / scale
-    prices = _sinkhorn_prices(cost, sinkhorn_iterations,
-                              float(initial_epsilon), unroll)
+    prices = _sinkhorn_prices(cost, sinkhorn_iterations, float(initial_epsilon), unroll)
     prices = prices - ops.min(prices)
 
     tolerance = ops.cast(tolerance, "float32")
@@ -422,8 +422,9 @@ def auction_assignment(
     tail_steps = ops.convert_to_tensor(0, "int32")
     max_tail_steps = n * 4 * tail_rows
 
-    def one_round(prices, person_to_object, object_to_person, eps, rounds,
-                  done, phase_rounds):
+    def one_round(
+        prices, person_to_object, object_to_person, eps, rounds, done, phase_rounds
+    ):
         unassigned = ops.sum(ops.cast(person_to_object < 0, "int32"))
         active = ops.logical_and(
             ops.logical_and(unassigned > tail_rows, rounds < max_rounds),
@@ -441,31 +442,64 @@ def auction_assignment(
         step = ops.cast(active, "int32")
         return state + (rounds + step, phase_rounds + step)
 
-    def cond(prices, person_to_object, object_to_person, eps, rounds, done,
-             bound, phase_rounds, tail_steps):
+    def cond(
+        prices,
+        person_to_object,
+        object_to_person,
+        eps,
+        rounds,
+        done,
+        bound,
+        phase_rounds,
+        tail_steps,
+    ):
         return ops.logical_and(ops.logical_not(done), rounds < max_rounds)
 
-    def body(prices, person_to_object, object_to_person, eps, rounds, done,
-             bound, phase_rounds, tail_steps):
+    def body(
+        prices,
+        person_to_object,
+        object_to_person,
+        eps,
+        rounds,
+        done,
+        bound,
+        phase_rounds,
+        tail_steps,
+    ):
         for _ in range(unroll):
             prices, person_to_object, object_to_person, rounds, phase_rounds = (
-                one_round(prices, person_to_object, object_to_person, eps,
-                          rounds, done, phase_rounds)
+                one_round(
+                    prices,
+                    person_to_object,
+                    object_to_person,
+                    eps,
+                    rounds,
+                    done,
+                    phase_rounds,
+                )
             )
         # The last few rows: shortest augmenting paths, O(n) per step.
         unassigned = ops.sum(ops.cast(person_to_object < 0, "int32"))
         need = ops.logical_and(
             ops.logical_and(unassigned > 0, unassigned <= tail_rows),
-            ops.logical_and(ops.logical_not(done),
-                            tail_steps < max_tail_steps),
+            ops.logical_and(ops.logical_not(done), tail_steps < max_tail_steps),
         )
         prices, person_to_object, object_to_person, used = ops.cond(
             need,
-            lambda: _augment(cost, prices, person_to_object,
-                             object_to_person, max_tail_steps - tail_steps,
-                             unroll),
-            lambda: (prices, person_to_object, object_to_person,
-                     ops.convert_to_tensor(0, "int32")),
+            lambda: _augment(
+                cost,
+                prices,
+                person_to_object,
+                object_to_person,
+                max_tail_steps - tail_steps,
+                unroll,
+            ),
+            lambda: (
+                prices,
+                person_to_object,
+                object_to_person,
+                ops.convert_to_tensor(0, "int32"),
+            ),
         )
         tail_steps = tail_steps + used
         # A phase has ended when every row holds a column: certify it, or
@@ -486,9 +520,7 @@ def auction_assignment(
         release = ops.logical_and(next_phase, violates)
         freed = ops.where(release, person_to_object, n)
         padded = ops.concatenate([object_to_person, -ops.ones((1,), "int32")])
-        padded = ops.scatter_update(
-            padded, freed[:, None], -ops.ones((n,), "int32")
-        )
+        padded = ops.scatter_update(padded, freed[:, None], -ops.ones((n,), "int32"))
         object_to_person = padded[:n]
         person_to_object = ops.where(release, -1, person_to_object)
         eps = ops.where(next_phase, new_eps, eps)
@@ -496,28 +528,57 @@ def auction_assignment(
         # Out of tail steps with rows still unassigned: stop (filled below).
         stuck = ops.logical_and(
             ops.logical_not(complete),
-            ops.logical_and(unassigned <= tail_rows,
-                            tail_steps >= max_tail_steps),
+            ops.logical_and(unassigned <= tail_rows, tail_steps >= max_tail_steps),
         )
         done = ops.logical_or(done, stuck)
-        return (prices, person_to_object, object_to_person, eps, rounds,
-                done, bound, phase_rounds, tail_steps)
+        return (
+            prices,
+            person_to_object,
+            object_to_person,
+            eps,
+            rounds,
+            done,
+            bound,
+            phase_rounds,
+            tail_steps,
+        )
 
     loop_bound = None
     if static:
         loop_bound = int(math.ceil(max_rounds / unroll)) + 2 * int(
-            math.ceil(math.log(max(initial_epsilon / epsilon, 1.0))
-                      / math.log(max(scaling, 1.0 + 1e-6)) + 1)
+            math.ceil(
+                math.log(max(initial_epsilon / epsilon, 1.0))
+                / math.log(max(scaling, 1.0 + 1e-6))
+                + 1
+            )
         )
     state = ops.while_loop(
         cond,
         body,
-        (prices, person_to_object, object_to_person, eps, rounds, done,
-         bound, rounds, tail_steps),
+        (
+            prices,
+            person_to_object,
+            object_to_person,
+            eps,
+            rounds,
+            done,
+            bound,
+            rounds,
+            tail_steps,
+        ),
         maximum_iterations=loop_bound,
     )
-    (prices, person_to_object, object_to_person, _, rounds, done, bound, _,
-     tail_steps) = state
+    (
+        prices,
+        person_to_object,
+        object_to_person,
+        _,
+        rounds,
+        done,
+        bound,
+        _,
+        tail_steps,
+    ) = state
     columns = _complete(person_to_object, object_to_person)
     if not return_info:
         return columns
@@ -527,8 +588,7 @@ def auction_assignment(
     bound = ops.where(done & (rounds == 0), 0.0, bound)
     return columns, {
         "rounds": rounds,
-        "sinkhorn_iterations": ops.convert_to_tensor(sinkhorn_iterations,
-                                                     "int32"),
+        "sinkhorn_iterations": ops.convert_to_tensor(sinkhorn_iterations, "int32"),
         "gap_bound": bound,
         "converged": bound <= tolerance,
         "tail_steps": tail_steps,

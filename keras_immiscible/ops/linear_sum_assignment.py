@@ -57,8 +57,7 @@ def _exact_info():
     }
 
 
-def linear_sum_assignment(cost, solver="scipy", return_info=False,
-                          **solver_kwargs):
+def linear_sum_assignment(cost, solver="scipy", return_info=False, **solver_kwargs):
     """Minimum-cost assignment of rows to columns: a permutation.
 
     Args:
@@ -121,8 +120,7 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False,
     if solver == "scipy":
         if solver_kwargs:
             raise TypeError(
-                "solver='scipy' takes no options, got "
-                f"{sorted(solver_kwargs)}."
+                f"solver='scipy' takes no options, got {sorted(solver_kwargs)}."
             )
         columns = host_call(
             _scipy_columns, [cost], (n,), "int32", name="linear_sum_assignment"
@@ -139,9 +137,7 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False,
     else:
         finite = ops.all(ops.isfinite(cost))
         safe_cost = ops.where(ops.isfinite(cost), cost, 0.0)
-        columns, info = auction_assignment(
-            safe_cost, return_info=True, **solver_kwargs
-        )
+        columns, info = auction_assignment(safe_cost, return_info=True, **solver_kwargs)
         identity = ops.arange(n, dtype="int32")
         columns = ops.where(finite, columns, identity)
         info = dict(info)

@@ -35,16 +35,14 @@ def to_float_tensor(x, name):
 def check_min_rank(x, rank, name, what):
     if len(x.shape) < rank:
         raise ValueError(
-            f"`{name}` must have rank >= {rank} ({what}), got shape "
-            f"{tuple(x.shape)}."
+            f"`{name}` must have rank >= {rank} ({what}), got shape {tuple(x.shape)}."
         )
 
 
 def check_rank(x, rank, name, what):
     if len(x.shape) != rank:
         raise ValueError(
-            f"`{name}` must have rank {rank} ({what}), got shape "
-            f"{tuple(x.shape)}."
+            f"`{name}` must have rank {rank} ({what}), got shape {tuple(x.shape)}."
         )
 
 
@@ -60,9 +58,7 @@ def check_finite(x, name):
     if isinstance(x, np.ndarray):
         finite = bool(np.all(np.isfinite(x)))
     else:
-        finite = bool(
-            keras.ops.convert_to_numpy(keras.ops.all(keras.ops.isfinite(x)))
-        )
+        finite = bool(keras.ops.convert_to_numpy(keras.ops.all(keras.ops.isfinite(x))))
     if not finite:
         values = keras.ops.convert_to_numpy(x)
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
@@ -70,4 +66,3 @@ def check_finite(x, name):
             f"`{name}` contains {bad} NaN or infinite value(s); the "
             "assignment is undefined for them. Check the inputs upstream."
         )
-

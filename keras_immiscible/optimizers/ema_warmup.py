@@ -45,9 +45,7 @@ def warmup_momentum(ema_momentum, iterations, warmup):
 
 
 def _check_warmup(ema_warmup):
-    return arguments.check_number(
-        ema_warmup, "ema_warmup", low=1, allow_none=True
-    )
+    return arguments.check_number(ema_warmup, "ema_warmup", low=1, allow_none=True)
 
 
 class EMAWarmup:
@@ -82,9 +80,7 @@ class EMAWarmup:
     def _update_model_variables_moving_average(self, trainable_variables):
         if not self.use_ema:
             return
-        momentum = warmup_momentum(
-            self.ema_momentum, self.iterations, self.ema_warmup
-        )
+        momentum = warmup_momentum(self.ema_momentum, self.iterations, self.ema_warmup)
         # Keras' rule: at the first step the average becomes a copy.
         momentum = momentum * ops.cast(ops.not_equal(self.iterations, 0), "float32")
         for variable, average in zip(

@@ -64,19 +64,13 @@ class ConsistencySampler(SamplerBase):
 
     def __init__(self, sigmas=None):
         if sigmas is not None:
-            if isinstance(sigmas, (str, bytes)) or not hasattr(
-                sigmas, "__len__"
-            ):
-                raise TypeError(
-                    f"`sigmas` must be None or a sequence, got {sigmas!r}."
-                )
+            if isinstance(sigmas, (str, bytes)) or not hasattr(sigmas, "__len__"):
+                raise TypeError(f"`sigmas` must be None or a sequence, got {sigmas!r}.")
             sigmas = [
                 arguments.check_number(s, "sigmas", low=0, low_open=True)
                 for s in sigmas
             ]
-            if not sigmas or any(
-                b >= a for a, b in itertools.pairwise(sigmas)
-            ):
+            if not sigmas or any(b >= a for a, b in itertools.pairwise(sigmas)):
                 raise ValueError(
                     "`sigmas` must be a non-empty, strictly decreasing "
                     f"sequence of noise levels, got {sigmas}."
@@ -118,8 +112,16 @@ class ConsistencySampler(SamplerBase):
             )
         return sigmas
 
-    def sample(self, consistency_fn, initial_noise, steps, seed=None,
-               sigma_min=cm.SIGMA_MIN, sigma_max=cm.SIGMA_MAX, rho=cm.RHO):
+    def sample(
+        self,
+        consistency_fn,
+        initial_noise,
+        steps,
+        seed=None,
+        sigma_min=cm.SIGMA_MIN,
+        sigma_max=cm.SIGMA_MAX,
+        rho=cm.RHO,
+    ):
         """Runs the sampler.
 
         Args:
@@ -144,9 +146,7 @@ class ConsistencySampler(SamplerBase):
             denoised = consistency_fn(x, sigma)
             if k + 1 < len(sigmas):
                 scale = math.sqrt(sigmas[k + 1] ** 2 - sigma_min**2)
-                x = denoised + scale * keras.random.normal(
-                    ops.shape(noise), seed=seed
-                )
+                x = denoised + scale * keras.random.normal(ops.shape(noise), seed=seed)
         return denoised
 
     def get_config(self):

@@ -115,9 +115,7 @@ class DDIM(SamplerBase):
                 next_noise_var = ops.square(next_noise)
                 sigma_sq = ops.minimum(
                     self.eta**2
-                    * posterior_variance(
-                        signal, noise, next_signal, next_noise
-                    ),
+                    * posterior_variance(signal, noise, next_signal, next_noise),
                     next_noise_var,
                 )
                 noise_gains = ops.sqrt(next_noise_var - sigma_sq)
@@ -135,9 +133,7 @@ class DDIM(SamplerBase):
                 break
             x = data_gains[step] * pred_data + noise_gains[step] * pred_noise
             if self.eta > 0.0:
-                z = keras.random.normal(
-                    ops.shape(x), dtype=dtype, seed=generator
-                )
+                z = keras.random.normal(ops.shape(x), dtype=dtype, seed=generator)
                 x = x + sigmas[step] * z
         return pred_data
 

@@ -130,9 +130,7 @@ class DDPM(SamplerBase):
             )
             noise_var = ops.square(noise)
             if self.variance == "posterior":
-                variance = posterior_variance(
-                    signal, noise, next_signal, next_noise
-                )
+                variance = posterior_variance(signal, noise, next_signal, next_noise)
             else:
                 variance = step_variance
             x_gains = step_signal * ops.square(next_noise) / noise_var
@@ -146,11 +144,7 @@ class DDPM(SamplerBase):
             if step == steps - 1:
                 break
             z = keras.random.normal(ops.shape(x), dtype=dtype, seed=generator)
-            x = (
-                x_gains[step] * x
-                + data_gains[step] * pred_data
-                + sigmas[step] * z
-            )
+            x = x_gains[step] * x + data_gains[step] * pred_data + sigmas[step] * z
         return pred_data
 
     def get_config(self):

@@ -167,9 +167,7 @@ class Heun(SamplerBase):
             if k == last and self.final_step == "euler":
                 x = x_pred
                 continue
-            next_v = velocity(
-                x_pred, batch_times(next_t_value, batch_size, x.dtype)
-            )
+            next_v = velocity(x_pred, batch_times(next_t_value, batch_size, x.dtype))
             x = x + (0.5 * h) * (v + next_v)
         return x
 

@@ -39,8 +39,7 @@ def time_grid(schedule, steps):
         )
     # round((steps - k) * T / steps), halves up, in exact integer arithmetic.
     indices = [
-        (2 * (steps - k) * num_steps + steps) // (2 * steps)
-        for k in range(steps + 1)
+        (2 * (steps - k) * num_steps + steps) // (2 * steps) for k in range(steps + 1)
     ]
     return [index / num_steps for index in indices]
 
@@ -162,7 +161,5 @@ class SamplerBase:
         return cls(**config)
 
     def __repr__(self):
-        arguments = ", ".join(
-            f"{k}={v!r}" for k, v in self.get_config().items()
-        )
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.__class__.__name__}({arguments})"

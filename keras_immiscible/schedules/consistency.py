@@ -35,8 +35,7 @@ def _float(x):
     return ops.cast(ops.convert_to_tensor(x), "float32")
 
 
-def karras_sigma(index, num_levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-                 rho=RHO):
+def karras_sigma(index, num_levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
     """Noise level `index` of the `num_levels`-level Karras discretisation.
 
     ```
@@ -76,8 +75,7 @@ def karras_sigma(index, num_levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
     return ops.where(ops.equal(index, last), sigma_max, sigma)
 
 
-def karras_sigmas(num_levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-                  rho=RHO):
+def karras_sigmas(num_levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
     """All `num_levels` noise levels of the Karras grid, increasing.
 
     Args:
@@ -94,13 +92,12 @@ def karras_sigmas(num_levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
         raise ValueError(
             f"`num_levels` must be an integer >= 2. Received: {num_levels}"
         )
-    return karras_sigma(
-        ops.arange(num_levels), num_levels, sigma_min, sigma_max, rho
-    )
+    return karras_sigma(ops.arange(num_levels), num_levels, sigma_min, sigma_max, rho)
 
 
-def curriculum_interval(total_steps, initial_levels=INITIAL_LEVELS,
-                        final_levels=FINAL_LEVELS):
+def curriculum_interval(
+    total_steps, initial_levels=INITIAL_LEVELS, final_levels=FINAL_LEVELS
+):
     """Training steps `K'` between two doublings of the number of levels.
 
     `K' = floor(K / (log2(floor(s1 / s0)) + 1))`, with `K` the total number
@@ -119,8 +116,9 @@ def curriculum_interval(total_steps, initial_levels=INITIAL_LEVELS,
     return max(math.floor(total_steps / stages), 1)
 
 
-def curriculum_num_levels(step, total_steps, initial_levels=INITIAL_LEVELS,
-                          final_levels=FINAL_LEVELS):
+def curriculum_num_levels(
+    step, total_steps, initial_levels=INITIAL_LEVELS, final_levels=FINAL_LEVELS
+):
     """Number of noise levels `N(k)` of the discretisation at training step k.
 
     `N(k) = min(s0 * 2**floor(k / K'), s1) + 1` (the iCT exponential
@@ -153,9 +151,15 @@ def curriculum_num_levels(step, total_steps, initial_levels=INITIAL_LEVELS,
     return ops.cast(levels, "int32") + 1
 
 
-def index_probabilities(num_levels, max_levels=None, sigma_min=SIGMA_MIN,
-                        sigma_max=SIGMA_MAX, rho=RHO, p_mean=P_MEAN,
-                        p_std=P_STD):
+def index_probabilities(
+    num_levels,
+    max_levels=None,
+    sigma_min=SIGMA_MIN,
+    sigma_max=SIGMA_MAX,
+    rho=RHO,
+    p_mean=P_MEAN,
+    p_std=P_STD,
+):
     """Probabilities of the training pairs `(sigma_i, sigma_{i+1})`.
 
     iCT's discretised lognormal: for `i = 0, ..., N - 2`

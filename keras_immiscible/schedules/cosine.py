@@ -42,12 +42,8 @@ class CosineSchedule(Schedule):
     """
 
     def __init__(self, min_signal_rate=0.02, max_signal_rate=0.95):
-        min_signal_rate = arguments.check_number(
-            min_signal_rate, "min_signal_rate"
-        )
-        max_signal_rate = arguments.check_number(
-            max_signal_rate, "max_signal_rate"
-        )
+        min_signal_rate = arguments.check_number(min_signal_rate, "min_signal_rate")
+        max_signal_rate = arguments.check_number(max_signal_rate, "max_signal_rate")
         if not 0.0 < min_signal_rate < max_signal_rate <= 1.0:
             raise ValueError(
                 "Expected 0 < `min_signal_rate` < `max_signal_rate` <= 1. "

@@ -55,17 +55,14 @@ class DiscreteSchedule(Schedule):
             betas = np.asarray(betas, dtype="float64")
         except (TypeError, ValueError):
             raise TypeError(
-                "`betas` must be a 1-D sequence of floats. "
-                f"Received: betas={betas!r}"
+                f"`betas` must be a 1-D sequence of floats. Received: betas={betas!r}"
             ) from None
         if betas.ndim != 1 or betas.shape[0] < 1:
             raise ValueError(
                 "`betas` must be a non-empty 1-D sequence. "
                 f"Received shape: {betas.shape}"
             )
-        if not np.all(np.isfinite(betas)) or not np.all(
-            (betas > 0.0) & (betas < 1.0)
-        ):
+        if not np.all(np.isfinite(betas)) or not np.all((betas > 0.0) & (betas < 1.0)):
             bad = betas[~((betas > 0.0) & (betas < 1.0))]
             raise ValueError(
                 "Every entry of `betas` must be in (0, 1). "
@@ -148,7 +145,11 @@ class LinearBeta(DiscreteSchedule):
     def __init__(self, num_steps=1000, beta_start=1e-4, beta_end=0.02):
         num_steps = arguments.check_positive_int(num_steps, "num_steps")
         beta_start = arguments.check_number(
-            beta_start, "beta_start", low=0, high=1, low_open=True,
+            beta_start,
+            "beta_start",
+            low=0,
+            high=1,
+            low_open=True,
             high_open=True,
         )
         beta_end = arguments.check_number(

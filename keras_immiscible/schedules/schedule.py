@@ -87,7 +87,5 @@ class Schedule:
         return t
 
     def __repr__(self):
-        arguments = ", ".join(
-            f"{k}={v!r}" for k, v in self.get_config().items()
-        )
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.__class__.__name__}({arguments})"

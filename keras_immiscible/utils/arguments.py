@@ -47,9 +47,7 @@ def check_int(value, name, *, minimum=None, allow_none=False):
     if allow_none:
         expected = f"None or {expected}"
     message = f"`{name}` must be {expected}, got {value!r}."
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, numbers.Integral
-    ):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ArgumentTypeError(message)
     if minimum is not None and value < minimum:
         raise ValueError(message)
@@ -103,9 +101,7 @@ def check_number(
     if allow_none:
         expected = f"None or {expected}"
     message = f"`{name}` must be {expected}, got {value!r}."
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, numbers.Real
-    ):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(message)
     value = float(value)
     if (
@@ -134,13 +130,10 @@ def check_choice(value, name, choices):
     str: numpy scalars count as their Python kind), so `16.0` is not `16`,
     `True` is not `1`, and an array is never a choice."""
     if not any(
-        value is choice
-        or (_kind(value) == _kind(choice) and value == choice)
+        value is choice or (_kind(value) == _kind(choice) and value == choice)
         for choice in choices
     ):
-        raise ValueError(
-            f"`{name}` must be one of {tuple(choices)!r}, got {value!r}."
-        )
+        raise ValueError(f"`{name}` must be one of {tuple(choices)!r}, got {value!r}.")
     return value
 
 
@@ -154,7 +147,6 @@ def check_callable(value, name):
 def check_seed(value, name="seed"):
     """None or an int seed (`check_int(value, name, allow_none=True)`)."""
     return check_int(value, name, allow_none=True)
-
 
 
 def _kind(value):

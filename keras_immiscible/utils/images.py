@@ -115,13 +115,14 @@ def write_png(path, image):
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.tmp-{os.getpid()}"
-    )
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as f:
             keras.utils.save_img(
-                f, image, data_format="channels_last", file_format="png",
+                f,
+                image,
+                data_format="channels_last",
+                file_format="png",
                 scale=False,
             )
             f.flush()
