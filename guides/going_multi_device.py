@@ -100,9 +100,11 @@ def distributed(num_devices):
 
         if num_devices == 1:
             return tf.distribute.get_strategy().scope()
-        return STRATEGIES.setdefault(
-            num_devices, tf.distribute.MirroredStrategy(devices[:num_devices])
-        ).scope()
+        if num_devices not in STRATEGIES:  # one strategy per device set
+            STRATEGIES[num_devices] = tf.distribute.MirroredStrategy(
+                devices[:num_devices]
+            )
+        return STRATEGIES[num_devices].scope()
     raise SystemExit("This guide needs the JAX or TensorFlow backend.")
 
 
@@ -127,7 +129,13 @@ def train(num_devices, assignment):
         model = ki.ImmiscibleFlowMatching(
             tiny_network(), assignment=assignment, seed=0
         )
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        # TensorFlow cannot XLA-compile a MirroredStrategy step over
+        # *virtual CPU* devices (any model); on GPUs and TPUs keep "auto".
+        virtual_tf = BACKEND == "tensorflow" and num_devices > 1
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            jit_compile=False if virtual_tf else "auto",
+        )
         history = model.fit(
             images, batch_size=batch_size, epochs=epochs, verbose=0
         )
