@@ -33,7 +33,7 @@ BACKEND = keras.backend.backend()
 # backend's run of the suite stays short).
 # Smoke-mode CPU time on 2 cores (user, s), jax / tensorflow / torch:
 # 5 minutes 43 / 33 / 11, flowers 28 / 17 / 11, choosing 31 / 13 / 11,
-# own assigner 22 / 14 / 9.
+# own assigner 22 / 14 / 9; going multi-device (4 virtual devices, wall) 20 / 34 / -.
 GUIDE_BACKENDS = {
     "immiscible_diffusion_in_5_minutes": "torch",
     "immiscible_ddim_oxford_flowers": "tensorflow",
@@ -424,13 +424,15 @@ def check_own_assigner(stdout, outputs):
 
 
 def check_multi_device(stdout, outputs):
-    assert re.search(r"^backend jax devices 4$", stdout, re.MULTILINE)
-    # JAX: 4 devices with the global scope train exactly as 1 device.
+    assert re.search(rf"^backend {BACKEND} devices 4$", stdout, re.MULTILINE)
     (diff,) = floats(r"^max loss difference 1 vs 4 devices (\S+)$", stdout, 1)[0]
-    assert diff < 1e-4, diff
     (one,) = floats(r"^1 device final loss (\S+)$", stdout, 1)[0]
     (four,) = floats(r"^4 devices final loss (\S+)$", stdout, 1)[0]
-    assert abs(one - four) < 1e-4 and 0.0 < one < 10.0
+    assert 0.0 < one < 10.0 and 0.0 < four < 10.0
+    if BACKEND == "jax":
+        # 4 devices with the global scope train exactly as 1 device (on TF
+        # the replicas draw their own timesteps: a different valid run).
+        assert diff < 1e-4 and abs(one - four) < 1e-4, (diff, one, four)
     # Same data and noise draws: the shards' optima pair the noise less
     # closely than the global optimum.
     (glob,) = floats(r"^global scope assignment_gain (\S+)$", stdout, 1)[0]
@@ -438,7 +440,9 @@ def check_multi_device(stdout, outputs):
     assert 0.0 < repl <= glob + 1e-3, (glob, repl)
     (auction,) = floats(r"^auction on 4 devices final loss (\S+)$", stdout, 1)[0]
     assert 0.0 < auction < 10.0
-    assert re.search(r"^jit_compile True$", stdout, re.MULTILINE)
+    # XLA on JAX; TF cannot XLA-compile MirroredStrategy on virtual CPUs.
+    expected = "True" if BACKEND == "jax" else "False"
+    assert re.search(rf"^jit_compile {expected}$", stdout, re.MULTILINE)
 
 
 CHECKS = {
