@@ -5,12 +5,17 @@ source, quick=...)}`: the value, where it comes from (paper, code, this
 library's choice) and its `--quick` value. `parse_args` turns the table into
 flags whose `--help` shows the sources, fills the unset flags from it (the
 `--quick` column with `--quick`) and rejects values that cannot work. The
-experiment itself (data, network, model, callbacks, `fit`) is in each
-example's own file.
+experiment itself (data set, network, model, optimizer, `fit`) is in each
+example's own file; this module holds what every example does the same way:
 
-Also here: `select_backend` (must run before Keras is imported),
-`backup_dir` (what `--resume` needs) and `digits_features`, the KID/FID
-features of the digits upsampled to 16x16 or 32x32.
+- `start`: backend (`select_backend`, before Keras is imported), seed,
+  clock and the `--resume` backup (`backup_dir`).
+- `image_data`: a tensorflow-datasets set and its KID/FID reference on
+  Inception-V3, or with `--quick` the digits on `digits_features`.
+- `noise_assignment` (`--assignment`), `warmup` (the learning rate),
+  `evaluation_callbacks` (KID/FID, grids, step and time, `log.csv`),
+  `fit_options` (epochs of `--eval-every` steps) and `finish` (final grid,
+  `model.keras`, the summary line).
 """
 
 import argparse
@@ -85,20 +90,9 @@ FLAGS = {
     "distance": (str, "distance of --assignment linear", ("l2", "sq_l2")),
     "quantize": (bool, "--assignment linear distances in float16", None),
 }
-POSITIVE = (
-    "image_size",
-    "batch_size",
-    "steps",
-    "eval_every",
-    "block_depth",
-    "num_heads",
-    "sampling_steps",
-    "eval_sampling_steps",
-    "eval_images",
-    "eval_real_images",
-    "grid_images",
-    "k",
-)
+POSITIVE = """image_size batch_size steps eval_every block_depth num_heads
+sampling_steps eval_sampling_steps eval_images eval_real_images grid_images
+k""".split()
 
 
 def _show(value):
@@ -110,7 +104,7 @@ def parse_args(
     description,
     config,
     extra_flags=None,
-    default_output="outputs",
+    output_name="run",
     real_data=True,
 ):
     """Parses `argv` into an `argparse.Namespace`, defaults from `config`.
@@ -121,10 +115,12 @@ def parse_args(
         config: `{name: Default}`, the example's hyperparameters.
         extra_flags: `{name: (type, help, choices)}` for the example's own
             hyperparameters (in addition to `FLAGS`).
-        default_output: the output folder (`+ "_quick"` with `--quick`).
+        output_name: the default output folder is `outputs/NAME` (`_quick` added
+            with `--quick`).
         real_data: add `--data-dir` and `--inception-weights`.
     """
     flags = dict(FLAGS, **(extra_flags or {}))
+    default_output = os.path.join("outputs", output_name)
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -296,10 +292,152 @@ def digits_features(image_size):
     return ki.metrics.CallableFeatureExtractor(features, batch_size=256)
 
 
-def summary(model, start, output):
-    """Prints the run's one summary line: step, time, last KID/FID."""
+def start(args):
+    """Selects the backend, seeds Keras, starts the clock (`args.start_time`)
+    and returns the run's `ki.callbacks.BackupAndRestore` (in `backup_dir`),
+    noting the step it resumes at in `args.initial_step` (0: a new run)."""
+    select_backend(args.backend)
     import keras
 
+    import keras_immiscible as ki
+
+    args.start_time = time.time()
+    keras.utils.set_random_seed(args.seed)
+    backup = ki.callbacks.BackupAndRestore(backup_dir(args), delete_checkpoint=False)
+    args.initial_step = backup.initial_step  # > 0: --resume continues there
+    return backup
+
+
+def image_data(args, load, real_split="train", flip=False):
+    """`(train, real, features)`: endless training batches of `load`'s
+    default split (a `ki.data` loader, at `--image-size`, flipped at random
+    with `flip`), the KID/FID reference `real_split` and its Inception-V3
+    features (built now: missing weights fail before training). `--quick`:
+    the embedded digits in 3 channels, scored on the digits classifier. A
+    resumed run continues the digits' stream exactly; the tensorflow-datasets
+    shuffle cannot be positioned, so it reshuffles."""
+    import numpy as np
+
+    import keras_immiscible as ki
+
+    size, batch_size, seed = args.image_size, args.batch_size, args.seed
+    initial_step = args.initial_step
+    if args.quick:
+        real = np.repeat(ki.data.load_digits(image_size=size), 3, axis=-1)
+        train = ki.data.from_numpy(real, batch_size, seed=seed)
+        return train.repeat().skip(initial_step), real, digits_features(size)
+    options = {"image_size": size, "data_dir": args.data_dir}
+    train = load(batch_size=batch_size, flip=flip, seed=seed + initial_step, **options)
+    real = load(
+        real_split,
+        batch_size=250,
+        shuffle=False,
+        cache=False,
+        drop_remainder=False,
+        **options,
+    )
+    weights = args.inception_weights
+    features = ki.metrics.InceptionFeatureExtractor(
+        None if weights == "none" else weights
+    )
+    _ = features.model  # built now: missing weights fail before training
+    return train.repeat(), real, features
+
+
+def noise_assignment(args):
+    """The assigner of `--assignment`: `None` (plain training),
+    `KNNSelection(k=--k)` or `LinearAssignment` with `--solver`,
+    `--distance` and `--quantize` where the example has them (else the
+    library's defaults: exact scipy solver, squared L2)."""
+    import keras_immiscible as ki
+
+    if args.assignment != "linear":
+        return (
+            ki.assignment.KNNSelection(k=args.k) if args.assignment == "knn" else None
+        )
+    names = {"solver": "solver", "metric": "distance", "quantize": "quantize"}
+    options = {key: getattr(args, name, None) for key, name in names.items()}
+    return ki.assignment.LinearAssignment(
+        **{key: value for key, value in options.items() if value is not None}
+    )
+
+
+def warmup(args):
+    """`--learning-rate` after a linear warm-up from 0 over `--warmup-steps`."""
+    import keras
+
+    learning_rate, steps = args.learning_rate, args.warmup_steps
+    if not steps:
+        return learning_rate
+    cosine = keras.optimizers.schedules.CosineDecay  # alpha 1: then constant
+    return cosine(0.0, 1, alpha=1.0, warmup_target=learning_rate, warmup_steps=steps)
+
+
+def evaluation_callbacks(args, model, real, features):
+    """What every example does at the end of an epoch (`--eval-every` steps),
+    in this order: KID/FID (`val_kid`, `val_fid`, with the EMA weights) on
+    `--eval-images` samples of `--eval-sampling-steps` (else
+    `--sampling-steps`) steps against `real` (`--eval-real-images` of them,
+    else all), a sample grid in `OUTPUT/samples`, the optimizer step and the
+    wall time into the logs, and `OUTPUT/log.csv`."""
+    import keras
+
+    import keras_immiscible as ki
+
+    def log_step_and_time(epoch, logs):
+        logs["step"] = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        logs["wall_time"] = round(time.time() - args.start_time, 2)
+
+    grids = os.path.join(args.output, "samples", "epoch_{epoch:04d}.png")
+    return [
+        ki.callbacks.GenerativeEvaluation(
+            real,
+            metrics=["kid", "fid"],
+            num_images=args.eval_images,
+            steps=getattr(args, "eval_sampling_steps", args.sampling_steps),
+            seed=args.seed,
+            batch_size=min(250, args.eval_images),
+            num_real_images=getattr(args, "eval_real_images", None),
+            feature_extractor=features,
+            verbose=0,
+        ),
+        ki.callbacks.SampleGrid(
+            grids,
+            num_images=args.grid_images,
+            steps=args.sampling_steps,
+            seed=args.seed,
+            scale=max(1, 32 // args.image_size),
+        ),
+        keras.callbacks.LambdaCallback(on_epoch_end=log_step_and_time),
+        keras.callbacks.CSVLogger(
+            os.path.join(args.output, "log.csv"), append=args.resume
+        ),
+    ]
+
+
+def fit_options(args):
+    """`fit`'s `epochs`, `steps_per_epoch` and `verbose`: a Keras epoch is
+    `--eval-every` steps, `--steps` rounded up to whole epochs; a progress
+    bar on a terminal, a line per epoch elsewhere."""
+    epochs, verbose = -(-args.steps // args.eval_every), 2 - sys.stdout.isatty()
+    return dict(epochs=epochs, steps_per_epoch=args.eval_every, verbose=verbose)
+
+
+def finish(model, args):
+    """Generates `--grid-images` with the EMA weights (`fit` leaves them in
+    the model), saves their grid (`OUTPUT/samples.png`) and the model
+    (`OUTPUT/model.keras`), prints the run's summary line (step, time, last
+    KID/FID) and returns `main`'s result: the model, the step it resumed at."""
+    import keras
+
+    from keras_immiscible.utils.images import save_image_grid
+
+    samples = model.generate(
+        args.grid_images, steps=args.sampling_steps, seed=args.seed
+    )
+    path = os.path.join(args.output, "samples.png")
+    save_image_grid(samples, path, scale=max(1, 32 // args.image_size))
+    model.save(os.path.join(args.output, "model.keras"))
     history = getattr(model.history, "history", None) or {}
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     scores = [
@@ -309,8 +447,8 @@ def summary(model, start, output):
     ]
     print(
         f"Trained {type(model).__name__} to step {step} in "
-        f"{time.time() - start:.0f} s; "
-        f"{', '.join(scores) or 'no new KID/FID'}. Samples: "
-        f"{os.path.join(output, 'samples.png')}.",
+        f"{time.time() - args.start_time:.0f} s; "
+        f"{', '.join(scores) or 'no new KID/FID'}. Samples: {path}.",
         flush=True,
     )
+    return {"model": model, "initial_step": args.initial_step}

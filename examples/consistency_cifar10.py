@@ -45,10 +45,6 @@ below mixes the two, and says which number comes from where:
   distance computed in float16.
 """
 
-import os
-import sys
-import time
-
 import common
 from common import Default
 
@@ -89,63 +85,20 @@ EXTRA_FLAGS = {
 
 
 def parse_args(argv=None):
-    return common.parse_args(
-        argv,
-        __doc__,
-        CONFIG,
-        EXTRA_FLAGS,
-        os.path.join("outputs", "consistency_cifar10"),
-    )
+    return common.parse_args(argv, __doc__, CONFIG, EXTRA_FLAGS, "consistency_cifar10")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    common.select_backend(args.backend)
+    backup = common.start(args)  # backend, seed, clock, args.initial_step
     import keras
-    import numpy as np
 
     import keras_immiscible as ki
-    from keras_immiscible.utils.images import save_image_grid
-
-    start = time.time()
-    keras.utils.set_random_seed(args.seed)
-    backup = ki.callbacks.BackupAndRestore(
-        common.backup_dir(args), delete_checkpoint=False
-    )
-    initial_step = backup.initial_step  # > 0: --resume continues from there
 
     # Data: CIFAR-10's training images, flipped at random, as endless
-    # batches; KID/FID against the same images, on Inception-V3 features.
-    # --quick: the embedded digits in 3 channels, scored on the digits
-    # classifier. A resumed run continues the digits' stream exactly; the
-    # tensorflow-datasets shuffle cannot be positioned, so it reshuffles.
-    if args.quick:
-        real = np.repeat(ki.data.load_digits(image_size=args.image_size), 3, axis=-1)
-        train = ki.data.from_numpy(real, args.batch_size, seed=args.seed)
-        train = train.repeat().skip(initial_step)
-        features = common.digits_features(args.image_size)
-    else:
-        train = ki.data.load_cifar10(
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            flip=True,
-            data_dir=args.data_dir,
-            seed=args.seed + initial_step,
-        ).repeat()
-        real = ki.data.load_cifar10(
-            "train",
-            image_size=args.image_size,
-            batch_size=250,
-            shuffle=False,
-            cache=False,
-            drop_remainder=False,
-            data_dir=args.data_dir,
-        )
-        weights = args.inception_weights
-        features = ki.metrics.InceptionFeatureExtractor(
-            None if weights == "none" else weights
-        )
-        _ = features.model  # built now: missing weights fail before training
+    # batches; KID/FID against the same images, on Inception-V3 features
+    # (--quick: the digits; see common.image_data).
+    train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
     # Network and model: iCT (pseudo-Huber loss, lognormal noise levels, a
     # curriculum of 10 -> 1280 levels over the whole run), one-step sampling.
@@ -155,94 +108,33 @@ def main(argv=None):
         block_depth=args.block_depth,
         attention_resolutions=args.attention,
     )
-    if args.assignment == "linear":
-        assignment = ki.assignment.LinearAssignment(
-            solver=args.solver, metric=args.distance, quantize=args.quantize
-        )
-    elif args.assignment == "knn":
-        assignment = ki.assignment.KNNSelection(k=args.k)
-    else:
-        assignment = None  # plain training
-    epochs = -(-args.steps // args.eval_every)
     model = ki.ImmiscibleConsistency(
         network,
-        total_training_steps=epochs * args.eval_every,
+        total_training_steps=-(-args.steps // args.eval_every) * args.eval_every,
         initial_levels=args.initial_levels,
         final_levels=args.final_levels,
         loss_type=args.loss,
-        assignment=assignment,
+        assignment=common.noise_assignment(args),  # --assignment, its flags
         seed=args.seed,
     )
-    learning_rate = args.learning_rate
-    if args.warmup_steps:  # linear from 0, then constant
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0,
-            decay_steps=1,
-            alpha=1.0,
-            warmup_target=args.learning_rate,
-            warmup_steps=args.warmup_steps,
-        )
+    # Adam (the CT config's RAdam is not in Keras) with its linear warm-up,
+    # no gradient clipping, EMA for sampling.
     model.compile(
         optimizer=keras.optimizers.Adam(
-            learning_rate, use_ema=True, ema_momentum=args.ema
+            common.warmup(args), use_ema=True, ema_momentum=args.ema
         )
     )
 
-    # Callbacks, at the end of every epoch of `--eval-every` steps.
-    def log_step_and_time(epoch, logs):
-        logs["step"] = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        logs["wall_time"] = round(time.time() - start, 2)
-
-    callbacks = [
-        ki.callbacks.GenerativeEvaluation(  # val_kid, val_fid, EMA weights
-            real,
-            metrics=["kid", "fid"],
-            num_images=args.eval_images,
-            steps=args.sampling_steps,
-            seed=args.seed,
-            batch_size=min(250, args.eval_images),
-            num_real_images=args.eval_real_images,
-            feature_extractor=features,
-            verbose=0,
-        ),
-        ki.callbacks.SampleGrid(
-            os.path.join(args.output, "samples", "epoch_{epoch:04d}.png"),
-            num_images=args.grid_images,
-            steps=args.sampling_steps,
-            seed=args.seed,
-            scale=max(1, 32 // args.image_size),
-        ),
-        keras.callbacks.LambdaCallback(on_epoch_end=log_step_and_time),
-        keras.callbacks.CSVLogger(
-            os.path.join(args.output, "log.csv"), append=args.resume
-        ),
+    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
+    # sample grids, step and time, log.csv (common.py), then the backup.
+    callbacks = common.evaluation_callbacks(args, model, real, features) + [
         backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(args.output, "checkpoints", "last.keras")
-        ),
+        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
     ]
+    model.fit(train, callbacks=callbacks, **common.fit_options(args))
 
-    # Training: a Keras epoch is `--eval-every` steps.
-    model.fit(
-        train,
-        epochs=epochs,
-        steps_per_epoch=args.eval_every,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-
-    # Generate with the EMA weights (`fit` leaves them in the model), save.
-    samples = model.generate(
-        args.grid_images, steps=args.sampling_steps, seed=args.seed
-    )
-    save_image_grid(
-        samples,
-        os.path.join(args.output, "samples.png"),
-        scale=max(1, 32 // args.image_size),
-    )
-    model.save(os.path.join(args.output, "model.keras"))
-    common.summary(model, start, args.output)
-    return {"model": model, "initial_step": initial_step}
+    # Generate with the EMA weights, save the grid and the model.
+    return common.finish(model, args)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,6 @@ user, 11 s system CPU time; a training step costs about 125 ms of CPU, an
 evaluation about 3 s). Run `--help` for every flag and its source.
 """
 
-import os
-import sys
-import time
-
 import common
 from common import Default
 
@@ -84,53 +80,37 @@ EXTRA_FLAGS = {
 
 def parse_args(argv=None):
     return common.parse_args(
-        argv,
-        __doc__,
-        CONFIG,
-        EXTRA_FLAGS,
-        os.path.join("outputs", "digits"),
-        real_data=False,
+        argv, __doc__, CONFIG, EXTRA_FLAGS, "digits", real_data=False
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    common.select_backend(args.backend)
+    backup = common.start(args)  # backend, seed, clock, args.initial_step
     import keras
 
     import keras_immiscible as ki
-    from keras_immiscible.utils.images import save_image_grid
-
-    start = time.time()
-    keras.utils.set_random_seed(args.seed)
-    backup = ki.callbacks.BackupAndRestore(
-        common.backup_dir(args), delete_checkpoint=False
-    )
-    initial_step = backup.initial_step  # > 0: --resume continues from there
 
     # Data: the 1,797 digits, upsampled to (S, S, 1), float32 in [0, 1],
     # as endless shuffled batches. A resumed run skips the batches the
     # backup has trained on, so it continues the uninterrupted run's stream.
     images = ki.data.load_digits(image_size=args.image_size)
     train = ki.data.from_numpy(images, args.batch_size, seed=args.seed)
-    train = train.repeat().skip(initial_step)
+    train = train.repeat().skip(args.initial_step)
 
     # Network and model.
     network = ki.layers.UNet(
         images.shape[1:], widths=args.widths, block_depth=args.block_depth
     )
-    if args.assignment == "linear":
-        assignment = ki.assignment.LinearAssignment()  # exact (scipy)
-    elif args.assignment == "knn":
-        assignment = ki.assignment.KNNSelection(k=args.k)
-    else:
-        assignment = None  # plain training
+    assignment = common.noise_assignment(args)  # linear: exact (scipy)
     if args.family == "flow":
         model = ki.ImmiscibleFlowMatching(
             network, assignment=assignment, sampler="euler", seed=args.seed
         )
     else:
         model = ki.ImmiscibleDiffusion(network, assignment=assignment, seed=args.seed)
+    # The library's AdamW: its EMA warms up, so that a short run samples from
+    # trained weights.
     model.compile(
         optimizer=ki.optimizers.AdamW(
             args.learning_rate,
@@ -140,60 +120,19 @@ def main(argv=None):
         )
     )
 
-    # Callbacks, at the end of every epoch of `--eval-every` steps.
-    def log_step_and_time(epoch, logs):
-        logs["step"] = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        logs["wall_time"] = round(time.time() - start, 2)
+    # KID/FID on the digits classifier's features (common.digits_features).
+    features = common.digits_features(args.image_size)
 
-    scale = 32 // args.image_size  # grid tiles of 32 pixels
-    callbacks = [
-        # KID and FID (as val_kid, val_fid) before the callbacks that log
-        # them; with the EMA weights, like the grids.
-        ki.callbacks.GenerativeEvaluation(
-            images,
-            metrics=["kid", "fid"],
-            num_images=args.eval_images,
-            steps=args.sampling_steps,
-            seed=args.seed,
-            batch_size=min(250, args.eval_images),
-            feature_extractor=common.digits_features(args.image_size),
-            verbose=0,
-        ),
-        ki.callbacks.SampleGrid(
-            os.path.join(args.output, "samples", "epoch_{epoch:04d}.png"),
-            num_images=args.grid_images,
-            steps=args.sampling_steps,
-            seed=args.seed,
-            scale=scale,
-        ),
-        keras.callbacks.LambdaCallback(on_epoch_end=log_step_and_time),
-        keras.callbacks.CSVLogger(
-            os.path.join(args.output, "log.csv"), append=args.resume
-        ),
+    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
+    # sample grids, step and time, log.csv (common.py), then the backup.
+    callbacks = common.evaluation_callbacks(args, model, images, features) + [
         backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(args.output, "checkpoints", "last.keras")
-        ),
+        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
     ]
+    model.fit(train, callbacks=callbacks, **common.fit_options(args))
 
-    # Training: a Keras epoch is `--eval-every` steps.
-    epochs = -(-args.steps // args.eval_every)
-    model.fit(
-        train,
-        epochs=epochs,
-        steps_per_epoch=args.eval_every,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-
-    # Generate with the EMA weights (`fit` leaves them in the model), save.
-    samples = model.generate(
-        args.grid_images, steps=args.sampling_steps, seed=args.seed
-    )
-    save_image_grid(samples, os.path.join(args.output, "samples.png"), scale=scale)
-    model.save(os.path.join(args.output, "model.keras"))
-    common.summary(model, start, args.output)
-    return {"model": model, "initial_step": initial_step}
+    # Generate with the EMA weights, save the grid and the model.
+    return common.finish(model, args)
 
 
 if __name__ == "__main__":
