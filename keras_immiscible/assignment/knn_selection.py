@@ -1,12 +1,11 @@
 """Improved Immiscible Diffusion: keep the nearest of k noise candidates."""
 
-import numbers
-
 import keras
 from keras import ops
 
 from keras_immiscible.assignment.noise_assigner import NoiseAssigner
 from keras_immiscible.ops.knn import candidate_distances
+from keras_immiscible.utils.arguments import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -27,9 +26,7 @@ class KNNSelection(NoiseAssigner):
     """
 
     def __init__(self, k=8):
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
-        self.k = int(k)
+        self.k = check_positive_int(k, "k")
 
     def draw(self, data, seed=None):
         shape = (data.shape[0], self.k) + tuple(data.shape[1:])
