@@ -51,9 +51,7 @@ def measure(args):
         # One device count a process: TensorFlow's collectives of two
         # MirroredStrategy objects in one process collide (group keys).
         strategies = {
-            args.devices: tf.distribute.MirroredStrategy(
-                devices[: args.devices]
-            )
+            args.devices: tf.distribute.MirroredStrategy(devices[: args.devices])
         }
 
     class EpochTimes(keras.callbacks.Callback):
@@ -70,8 +68,7 @@ def measure(args):
     def place(n):
         if backend == "jax":
             keras.distribution.set_distribution(
-                keras.distribution.DataParallel(devices=devices[:n])
-                if n > 1 else None
+                keras.distribution.DataParallel(devices=devices[:n]) if n > 1 else None
             )
             import contextlib
 
@@ -109,9 +106,13 @@ def measure(args):
                     run(tensor).numpy()
             else:
                 strategy = strategies[n]
-                batch = next(iter(strategy.experimental_distribute_dataset(
-                    tf.data.Dataset.from_tensor_slices(data).batch(len(data))
-                )))
+                batch = next(
+                    iter(
+                        strategy.experimental_distribute_dataset(
+                            tf.data.Dataset.from_tensor_slices(data).batch(len(data))
+                        )
+                    )
+                )
                 run = tf.function(
                     lambda d: strategy.run(lambda x: assigner(x, seed=1), (d,))
                 )
@@ -119,6 +120,7 @@ def measure(args):
                 def call():
                     for t in strategy.experimental_local_results(run(batch)):
                         t.numpy()
+
         call()  # compile
         times = []
         for _ in range(repeats):
@@ -135,8 +137,10 @@ def measure(args):
     rows = []
     for n in (args.devices,):
         for arm in ARMS:
-            assignment = None if arm == "plain" else (
-                ki.assignment.LinearAssignment(solver="scipy", scope=arm)
+            assignment = (
+                None
+                if arm == "plain"
+                else (ki.assignment.LinearAssignment(solver="scipy", scope=arm))
             )
             with place(n):
                 keras.utils.set_random_seed(0)
@@ -155,12 +159,17 @@ def measure(args):
                 )
                 timer = EpochTimes()
                 model.fit(
-                    images, batch_size=args.batch, epochs=1 + args.rounds,
-                    verbose=0, shuffle=False, callbacks=[timer],
+                    images,
+                    batch_size=args.batch,
+                    epochs=1 + args.rounds,
+                    verbose=0,
+                    shuffle=False,
+                    callbacks=[timer],
                 )
             per_step = np.asarray(timer.times[1:]) / args.steps * 1000.0
             assign_ms = (
-                None if assignment is None
+                None
+                if assignment is None
                 else time_assignment(assignment, n, images[: args.batch])
             )
             rows.append(
@@ -190,8 +199,7 @@ def table(rows):
     ]
     for r in rows:
         step = (
-            f"{r['step_ms_median']:.0f} ({r['step_ms_min']:.0f}-"
-            f"{r['step_ms_max']:.0f})"
+            f"{r['step_ms_median']:.0f} ({r['step_ms_min']:.0f}-{r['step_ms_max']:.0f})"
         )
         a = r["assign_ms"]
         if a is None:
@@ -227,35 +235,52 @@ def main():
     rows, failures = [], []
     for backend in args.backends.split(","):
         for devices in DEVICES:
-            env = dict(
-                os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2"
-            )
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
             env["XLA_FLAGS"] = (
                 env.get("XLA_FLAGS", "")
                 + f" --xla_force_host_platform_device_count={max(DEVICES)}"
             ).strip()
             done = subprocess.run(
-                [sys.executable, __file__, "--worker", "--batch",
-                 str(args.batch), "--steps", str(args.steps), "--rounds",
-                 str(args.rounds), "--devices", str(devices),
-                 "--repeats", str(args.repeats)],
-                env=env, capture_output=True, text=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                    "--rounds",
+                    str(args.rounds),
+                    "--devices",
+                    str(devices),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
             )
             lines = done.stdout.splitlines()
-            found = [l for l in lines if l.startswith("ROWS ")]
+            found = [line for line in lines if line.startswith("ROWS ")]
             if done.returncode != 0 or not found:
                 # Recorded, not hidden: the rows this process finished, and
                 # the last line of its error.
-                errors = [l for l in done.stderr.splitlines() if l.strip()]
-                failures.append({
-                    "backend": backend, "devices": devices,
-                    "returncode": done.returncode,
-                    "last_error_line": errors[-1][:500] if errors else "",
-                    "fatal_lines": [l[:400] for l in errors if l.startswith("F")][:2],
-                })
+                errors = [e for e in done.stderr.splitlines() if e.strip()]
+                failures.append(
+                    {
+                        "backend": backend,
+                        "devices": devices,
+                        "returncode": done.returncode,
+                        "last_error_line": errors[-1][:500] if errors else "",
+                        "fatal_lines": [e[:400] for e in errors if e.startswith("F")][
+                            :2
+                        ],
+                    }
+                )
                 rows += [
-                    json.loads(l) for l in done.stderr.splitlines()
-                    if l.startswith("{") and '"backend"' in l
+                    json.loads(e)
+                    for e in done.stderr.splitlines()
+                    if e.startswith("{") and '"backend"' in e
                 ]
                 print(f"{backend} {devices} devices FAILED", file=sys.stderr)
                 continue
@@ -279,7 +304,7 @@ def main():
         "setup": {
             "devices": "virtual CPU devices sharing the same cores",
             "model": "ImmiscibleFlowMatching, UNet(16x16x1, widths=(16, 32), "
-                     "block_depth=1), Adam",
+            "block_depth=1), Adam",
             "assignment": "LinearAssignment(solver='scipy', scope=...)",
             "global_batch": args.batch,
             "steps_per_round": args.steps,
@@ -307,7 +332,8 @@ def main():
         "batch; tf.function over strategy.run), median and min-max of "
         f"{args.repeats} calls; share = assignment median / step median. "
         "The plain-noise rows are the step without assignment.\n\n"
-        + text + "\n\n"
+        + text
+        + "\n\n"
         + "".join(
             f"**Failed:** {f['backend']} on {f['devices']} devices "
             f"(exit {f['returncode']}): `{(f['fatal_lines'] or [f['last_error_line']])[0]}`"

@@ -118,17 +118,13 @@ def tiny_network():
         hidden = keras.layers.Activation("relu")(hidden + level)
         output = keras.layers.Conv2D(1, 3, padding="same")(hidden)
         return keras.Model([noisy, level], output)
-    return ki.layers.UNet(
-        image_shape=(8, 8, 1), widths=(16, 32), block_depth=1
-    )
+    return ki.layers.UNet(image_shape=(8, 8, 1), widths=(16, 32), block_depth=1)
 
 
 def train(num_devices, assignment):
     with distributed(num_devices):
         keras.utils.set_random_seed(0)
-        model = ki.ImmiscibleFlowMatching(
-            tiny_network(), assignment=assignment, seed=0
-        )
+        model = ki.ImmiscibleFlowMatching(tiny_network(), assignment=assignment, seed=0)
         # TensorFlow cannot XLA-compile a MirroredStrategy step over
         # *virtual CPU* devices (any model); on GPUs and TPUs keep "auto".
         virtual_tf = BACKEND == "tensorflow" and num_devices > 1
@@ -136,9 +132,7 @@ def train(num_devices, assignment):
             optimizer=keras.optimizers.Adam(1e-3),
             jit_compile=False if virtual_tf else "auto",
         )
-        history = model.fit(
-            images, batch_size=batch_size, epochs=epochs, verbose=0
-        )
+        history = model.fit(images, batch_size=batch_size, epochs=epochs, verbose=0)
     return model, history.history
 
 

@@ -34,9 +34,7 @@ if BACKEND == "tensorflow":
 
     # One strategy per device count for the whole process: TensorFlow's
     # collective instance keys restart with every new MirroredStrategy.
-    STRATEGIES = {
-        n: tf.distribute.MirroredStrategy(DEVICE_LIST[:n]) for n in (4,)
-    }
+    STRATEGIES = {n: tf.distribute.MirroredStrategy(DEVICE_LIST[:n]) for n in (4,)}
 else:
     import jax
 
@@ -85,9 +83,7 @@ class Place:
     def __enter__(self):
         if BACKEND == "jax":
             keras.distribution.set_distribution(
-                keras.distribution.DataParallel(
-                    devices=DEVICE_LIST[: self.devices]
-                )
+                keras.distribution.DataParallel(devices=DEVICE_LIST[: self.devices])
                 if self.devices > 1
                 else None
             )
@@ -109,18 +105,25 @@ class Place:
             keras.distribution.set_distribution(None)
 
 
-def fit(devices, assignment, cls=ki.ImmiscibleFlowMatching, steps=2,
-        jit_compile="auto", policy="float32"):
+def fit(
+    devices,
+    assignment,
+    cls=ki.ImmiscibleFlowMatching,
+    steps=2,
+    jit_compile="auto",
+    policy="float32",
+):
     keras.config.set_dtype_policy(policy)
     try:
         with Place(devices):
             keras.utils.set_random_seed(0)
             model = cls(tiny_network(), assignment=assignment, seed=0)
-            model.compile(
-                optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile
-            )
+            model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile)
             history = model.fit(
-                images()[:BATCH], batch_size=BATCH, epochs=steps, verbose=0,
+                images()[:BATCH],
+                batch_size=BATCH,
+                epochs=steps,
+                verbose=0,
                 shuffle=False,
             )
     finally:
@@ -136,15 +139,11 @@ def assign_direct(devices, assigner):
     strategy.run), as in a training step.
     """
     data = images()[:BATCH] * 2.0 - 1.0
-    candidates = keras.ops.convert_to_numpy(
-        keras.random.normal(data.shape, seed=SEED)
-    )
+    candidates = keras.ops.convert_to_numpy(keras.random.normal(data.shape, seed=SEED))
     with Place(devices):
         if BACKEND == "jax":
             if devices > 1:
-                layout = keras.distribution.distribution().get_data_layout(
-                    data.shape
-                )
+                layout = keras.distribution.distribution().get_data_layout(data.shape)
                 sharded = keras.distribution.distribute_tensor(data, layout)
             else:
                 sharded = data
@@ -161,16 +160,12 @@ def assign_direct(devices, assigner):
                 )
                 batch = next(iter(dataset))
                 per_replica = tf.function(
-                    lambda d: strategy.run(
-                        lambda x: assigner(x, seed=SEED), (d,)
-                    )
+                    lambda d: strategy.run(lambda x: assigner(x, seed=SEED), (d,))
                 )(batch)
                 noise = np.concatenate(
                     [
                         t.numpy()
-                        for t in strategy.experimental_local_results(
-                            per_replica
-                        )
+                        for t in strategy.experimental_local_results(per_replica)
                     ]
                 )
     return data, candidates, noise
@@ -182,9 +177,7 @@ def replica_draws():
     with strategy.scope():
         generator = distribution.ReplicaSeedGenerator(5)
     per_replica = tf.function(
-        lambda: strategy.run(
-            lambda: keras.random.uniform((3,), seed=generator)
-        )
+        lambda: strategy.run(lambda: keras.random.uniform((3,), seed=generator))
     )()
     draws = np.stack(
         [t.numpy() for t in strategy.experimental_local_results(per_replica)]
@@ -207,9 +200,11 @@ def host_calls_in_step(model, x):
         jitted = jax.jit(lambda s, d: model.train_step(s, d))
         lowered = model._keras_step(jitted.lower, state, (x,))
         compiled_text = lowered.compile().as_text()
-        jaxpr = str(model._keras_step(
-            jax.make_jaxpr(lambda s, d: model.train_step(s, d)), state, (x,)
-        ))
+        jaxpr = str(
+            model._keras_step(
+                jax.make_jaxpr(lambda s, d: model.train_step(s, d)), state, (x,)
+            )
+        )
         names = []
         if "pure_callback" in jaxpr:
             names.append("jaxpr:pure_callback")
@@ -219,9 +214,13 @@ def host_calls_in_step(model, x):
     strategy = tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:
         # The per-replica step, as Keras runs it (strategy.run).
-        batch = next(iter(strategy.experimental_distribute_dataset(
-            tf.data.Dataset.from_tensor_slices(x).batch(BATCH)
-        )))
+        batch = next(
+            iter(
+                strategy.experimental_distribute_dataset(
+                    tf.data.Dataset.from_tensor_slices(x).batch(BATCH)
+                )
+            )
+        )
         step = tf.function(
             lambda d: strategy.run(
                 lambda b: model._keras_step(model.train_step, (b,)), (d,)
@@ -229,8 +228,10 @@ def host_calls_in_step(model, x):
         )
         return sorted(_tf_py_ops(step.get_concrete_function(batch).graph))
     spec = tf.TensorSpec((BATCH,) + SHAPE, tf.float32)
-    step = tf.function(lambda d: model._keras_step(model.train_step, (d,)),
-                       jit_compile=bool(model.jit_compile))
+    step = tf.function(
+        lambda d: model._keras_step(model.train_step, (d,)),
+        jit_compile=bool(model.jit_compile),
+    )
     concrete = step.get_concrete_function(spec)
     if model.jit_compile:
         # Compiles the step with XLA (raises if it cannot).
@@ -250,11 +251,15 @@ def _tf_py_ops(graph):
     return found
 
 
-def _mark(what, _last=[None]):
+_LAST_MARK = []
+
+
+def _mark(what):
+    """Prints the CPU time since the previous mark (to stderr)."""
     now = time.process_time()
-    if _last[0] is not None:
-        print(f"[worker] {what}: {now - _last[0]:.1f} s CPU", file=sys.stderr)
-    _last[0] = now
+    if _LAST_MARK:
+        print(f"[worker] {what}: {now - _LAST_MARK[-1]:.1f} s CPU", file=sys.stderr)
+    _LAST_MARK.append(now)
 
 
 def main(out):
@@ -267,31 +272,29 @@ def main(out):
             data, candidates, noise = assign_direct(devices, assigner)
             RESULTS[f"global_{solver}_{devices}_noise"] = noise
         RESULTS["data"], RESULTS["candidates"] = data, candidates
-    _mark('global assign')
+    _mark("global assign")
     # 2. Replica scope: per shard.
     for solver in ("scipy", "auction"):
-        assigner = ki.assignment.LinearAssignment(
-            solver=solver, scope="replica"
-        )
+        assigner = ki.assignment.LinearAssignment(solver=solver, scope="replica")
         _, _, noise = assign_direct(DEVICES, assigner)
         RESULTS[f"replica_{solver}_noise"] = noise
-    _mark('replica assign')
+    _mark("replica assign")
     # 3. Loss histories, 1 vs 4 devices, global scope (scipy on the host).
     cls = ki.ImmiscibleFlowMatching if BACKEND == "jax" else FixedTimeFlow
     for devices in (1, DEVICES):
         _, loss = fit(devices, "linear", cls=cls, steps=3)
         RESULTS[f"loss_global_{devices}"] = loss
-    _mark('global fits')
+    _mark("global fits")
     if BACKEND == "tensorflow":
         # Random timesteps, 4 replicas (the float32 reference of 5.), and
         # the replicas' own draws of the model's seed generator.
         _, loss = fit(DEVICES, "linear", steps=2)
         RESULTS["loss_random_t_4"] = loss
         RESULTS["replica_draws"], RESULTS["plain_draw"] = replica_draws()
-    _mark('random t')
+    _mark("random t")
     _, loss = fit(DEVICES, ki.assignment.LinearAssignment(scope="replica"))
     RESULTS["loss_replica_fit"] = loss
-    _mark('replica fit')
+    _mark("replica fit")
     # 4. XLA-pure step: auction and KNN, no host callback; scipy as control.
     #    One fit with the auction; the other assigners' steps are traced
     #    (and compiled with XLA) on the same model. TF: XLA on one device
@@ -324,7 +327,7 @@ def main(out):
                 RESULTS[f"mirrored_{name}_host_ops"] = np.asarray(
                     json.dumps(host_calls_in_step(mirrored, x))
                 )
-    _mark('xla')
+    _mark("xla")
     # 5. Mixed precision under distribution: the cost stays float32.
     policies = ["mixed_bfloat16"]
     if BACKEND == "tensorflow":
@@ -339,7 +342,7 @@ def main(out):
         RESULTS[f"mixed_{policy}_optimizer"] = np.asarray(
             type(model.optimizer).__name__
         )
-    _mark('mixed')
+    _mark("mixed")
     # 6. TF: with_assigned_noise feeds a MirroredStrategy fit.
     if BACKEND == "tensorflow":
         dataset = ki.data.with_assigned_noise(
@@ -350,19 +353,15 @@ def main(out):
         )
         with Place(DEVICES):
             keras.utils.set_random_seed(0)
-            model = ki.ImmiscibleFlowMatching(
-                tiny_network(), assignment=None, seed=0
-            )
+            model = ki.ImmiscibleFlowMatching(tiny_network(), assignment=None, seed=0)
             model.compile(optimizer=keras.optimizers.SGD(0.05))
             history = model.fit(dataset, epochs=2, verbose=0)
         RESULTS["pipeline_loss"] = np.asarray(history.history["loss"])
-        RESULTS["pipeline_gain"] = np.asarray(
-            history.history["assignment_gain"]
-        )
+        RESULTS["pipeline_gain"] = np.asarray(history.history["assignment_gain"])
         first = next(iter(dataset))
         RESULTS["pipeline_images"] = first["images"].numpy()
         RESULTS["pipeline_noise"] = first["noise"].numpy()
-    _mark('pipeline')
+    _mark("pipeline")
     np.savez(out, **RESULTS)
 
 

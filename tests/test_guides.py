@@ -166,8 +166,14 @@ def header_date(text):
 
 @pytest.mark.parametrize(
     "text, ok",
-    [("2026/11/26", True), ("2026-11-26", False), ("2026/2/3", False),
-     ("2026/02/30", False), ("2023/12/31", False), ("2999/01/01", False)],
+    [
+        ("2026/11/26", True),
+        ("2026-11-26", False),
+        ("2026/2/3", False),
+        ("2026/02/30", False),
+        ("2023/12/31", False),
+        ("2999/01/01", False),
+    ],
 )
 def test_header_date_check(text, ok):
     if ok:
@@ -190,9 +196,7 @@ def test_guide_format(name):
     assert len(lines) < 300, f"{name}: {len(lines)} lines"
     module = ast.parse(source)
     header = ast.get_docstring(module, clean=False)
-    fields = dict(
-        line.split(": ", 1) for line in header.strip().splitlines()
-    )
+    fields = dict(line.split(": ", 1) for line in header.strip().splitlines())
     assert tuple(fields) == HEADER_FIELDS
     assert fields["Author"] == "keras-immiscible contributors"
     created = header_date(fields["Date created"])
@@ -244,9 +248,7 @@ def check_five_minutes(stdout, outputs):
     for arm in ("linear", "vanilla"):
         grid = read_png(outputs / f"samples_{arm}.png", "L")
         assert grid.shape == (side, side)
-    assert "LinearAssignment" in keras_archive_config(
-        outputs / "digits_linear.keras"
-    )
+    assert "LinearAssignment" in keras_archive_config(outputs / "digits_linear.keras")
 
     # The "your own images" path: the PNG folder it wrote holds the digits.
     from keras_immiscible.data import load_digits
@@ -256,13 +258,15 @@ def check_five_minutes(stdout, outputs):
     digits = load_digits(dtype="uint8", image_size=16)
     np.testing.assert_array_equal(read_png(files[0], "L"), digits[0, ..., 0])
     np.testing.assert_array_equal(read_png(files[-1], "L"), digits[255, ..., 0])
-    assert re.search(r"^256 images from .*my_images, batches of "
-                     r"\(64, 16, 16, 1\)$", stdout, re.MULTILINE)
+    assert re.search(
+        r"^256 images from .*my_images, batches of "
+        r"\(64, 16, 16, 1\)$",
+        stdout,
+        re.MULTILINE,
+    )
     grid = read_png(outputs / "samples_my_images.png", "L")
     assert grid.shape == (grid_side(4, 16, 2),) * 2
-    assert "LinearAssignment" in keras_archive_config(
-        outputs / "my_images.keras"
-    )
+    assert "LinearAssignment" in keras_archive_config(outputs / "my_images.keras")
 
 
 def check_digits_scores(model_path, fid, kid):
@@ -293,9 +297,7 @@ def check_digits_scores(model_path, fid, kid):
     images = model.generate(64, steps=5, seed=1)
     extractor = ki.metrics.digits_feature_extractor()
     gen = np.asarray(extractor(images), dtype=np.float64)
-    real = np.asarray(
-        extractor(ki.data.load_digits(split="test")), dtype=np.float64
-    )
+    real = np.asarray(extractor(ki.data.load_digits(split="test")), dtype=np.float64)
     assert real.shape == (360, gen.shape[1]) and gen.shape[0] == 64
 
     s_real, s_gen = np.cov(real, rowvar=False), np.cov(gen, rowvar=False)
@@ -314,16 +316,20 @@ def check_digits_scores(model_path, fid, kid):
             for a, b in ((x, x), (y, y), (x, y))
         )
         m, n = len(x), len(y)
-        return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-                + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                - 2.0 * kxy.mean())
+        return (
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+            + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+            - 2.0 * kxy.mean()
+        )
 
     rng = np.random.default_rng(0)
-    spread = np.std([
-        mmd2(real[rng.choice(360, 64, replace=False)], gen) for _ in range(200)
-    ])
+    spread = np.std(
+        [mmd2(real[rng.choice(360, 64, replace=False)], gen) for _ in range(200)]
+    )
     assert abs(kid - mmd2(real, gen)) < 5.0 * spread / np.sqrt(100), (
-        kid, mmd2(real, gen), spread,
+        kid,
+        mmd2(real, gen),
+        spread,
     )
 
 
@@ -362,9 +368,7 @@ def check_assigners(stdout, outputs):
     for b in (32, 64):
         gain = {n: float(table[b, n]["gain"]) for n in names}
         # Same batches and seeds: the auction finds the scipy optimum.
-        assert gain["linear/auction"] == pytest.approx(
-            gain["linear/scipy"], abs=2e-4
-        )
+        assert gain["linear/auction"] == pytest.approx(gain["linear/scipy"], abs=2e-4)
         assert gain["knn/k=8"] > gain["knn/k=4"]
     ((gap,),) = floats(r"^auction gap: (\S+) of", stdout, count=1)
     assert abs(gap) < 1e-3

@@ -51,9 +51,7 @@ def test_scope_is_serialized_and_checked():
 
 
 def test_scope_round_trips_in_a_keras_file(tmp_path):
-    network = keras.Sequential(
-        [keras.Input((16,)), keras.layers.Dense(16)]
-    )
+    network = keras.Sequential([keras.Input((16,)), keras.layers.Dense(16)])
     noisy = keras.Input((4, 4, 1))
     level = keras.Input((1, 1, 1))
     out = keras.layers.Reshape((4, 4, 1))(
@@ -86,9 +84,7 @@ def test_one_device_replica_scope_is_the_global_assignment():
     data = data.astype("float32")
     glob = LinearAssignment(scope="global")(data, seed=5)
     repl = LinearAssignment(scope="replica")(data, seed=5)
-    candidates = keras.ops.convert_to_numpy(
-        keras.random.normal(data.shape, seed=5)
-    )
+    candidates = keras.ops.convert_to_numpy(keras.random.normal(data.shape, seed=5))
     expected = _scipy_assigned(data, candidates)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(glob), expected)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(repl), expected)
@@ -133,7 +129,8 @@ def test_mixed_precision_assigns_in_float32(policy, monkeypatch):
             level = keras.Input((1, 1, 1))
             out = keras.layers.Conv2D(1, 3, padding="same")(noisy + level)
             model = ki.ImmiscibleFlowMatching(
-                keras.Model([noisy, level], out), assignment=_Recording(),
+                keras.Model([noisy, level], out),
+                assignment=_Recording(),
                 seed=0,
             )
             model.compile(optimizer="sgd", run_eagerly=True)
@@ -169,8 +166,7 @@ def worker(tmp_path_factory):
     env = dict(os.environ)
     env["KERAS_BACKEND"] = WORKER_BACKEND
     env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={DEVICES}"
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
     ).strip()
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     done = subprocess.run(
@@ -185,9 +181,7 @@ def worker(tmp_path_factory):
 
 
 @pytest.mark.parametrize("solver", ["scipy", "auction"])
-def test_global_scope_on_4_devices_is_the_one_device_assignment(
-    worker, solver
-):
+def test_global_scope_on_4_devices_is_the_one_device_assignment(worker, solver):
     data, candidates = worker["data"], worker["candidates"]
     one = worker[f"global_{solver}_1_noise"]
     four = worker[f"global_{solver}_4_noise"]
@@ -268,18 +262,14 @@ def test_mixed_precision_under_distribution(worker):
         ["mixed_float16"] if BACKEND == "tensorflow" else []
     )
     for policy in policies:
-        assert json.loads(str(worker[f"mixed_{policy}_cost_dtypes"])) == [
-            "float32"
-        ]
+        assert json.loads(str(worker[f"mixed_{policy}_cost_dtypes"])) == ["float32"]
         loss = worker[f"mixed_{policy}_loss"]
         assert np.all(np.isfinite(loss))
         # Same steps in float32 (histories start from the same weights).
         reference = "loss_global_4" if BACKEND == "jax" else "loss_random_t_4"
         np.testing.assert_allclose(loss[0], worker[reference][0], rtol=0.05)
     if BACKEND == "tensorflow":
-        assert str(worker["mixed_mixed_float16_optimizer"]) == (
-            "LossScaleOptimizer"
-        )
+        assert str(worker["mixed_mixed_float16_optimizer"]) == ("LossScaleOptimizer")
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.data is TF's pipeline")

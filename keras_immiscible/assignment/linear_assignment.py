@@ -10,7 +10,6 @@ from keras_immiscible.ops.distance import check_metric
 from keras_immiscible.ops.linear_sum_assignment import check_solver
 from keras_immiscible.ops.linear_sum_assignment import linear_sum_assignment
 
-
 SCOPES = ("global", "replica")
 
 
@@ -90,9 +89,7 @@ class LinearAssignment(NoiseAssigner):
         if not isinstance(per_class, bool):
             raise TypeError(f"`per_class` must be a bool, got {per_class!r}.")
         if scope not in SCOPES:
-            raise ValueError(
-                f"`scope` must be one of {SCOPES}, got {scope!r}."
-            )
+            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
         self.solver = solver
         self.metric = metric
         self.quantize = quantize
@@ -118,12 +115,8 @@ class LinearAssignment(NoiseAssigner):
 
     def assign(self, data, candidates, labels=None):
         if self.scope == "replica":
-            return distribution.over_replicas(
-                self._assign, data, candidates, labels
-            )
-        return distribution.over_global_batch(
-            self._assign, data, candidates, labels
-        )
+            return distribution.over_replicas(self._assign, data, candidates, labels)
+        return distribution.over_global_batch(self._assign, data, candidates, labels)
 
     def _assign(self, data, candidates, labels=None):
         cost = assignment_cost(
@@ -150,8 +143,10 @@ class LinearAssignment(NoiseAssigner):
                 "call it with `labels` (B,)."
             )
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-        if labels.shape[0] is not None and cost.shape[0] is not None and (
-            labels.shape[0] != cost.shape[0]
+        if (
+            labels.shape[0] is not None
+            and cost.shape[0] is not None
+            and (labels.shape[0] != cost.shape[0])
         ):
             raise ValueError(
                 f"`labels` must have one entry per sample ({cost.shape[0]}), "

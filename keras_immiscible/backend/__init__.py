@@ -8,10 +8,9 @@ eagerly) or is a placeholder being traced. And, for multi-device training
 """
 
 from keras_immiscible.backend import distribution
-
+from keras_immiscible.backend.host import compiled
 from keras_immiscible.backend.host import host_call
 from keras_immiscible.backend.host import in_xla_context
 from keras_immiscible.backend.host import inference_function
-from keras_immiscible.backend.host import compiled
 from keras_immiscible.backend.host import is_concrete
 from keras_immiscible.backend.host import untie_ema_buffers

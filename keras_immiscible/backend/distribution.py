@@ -74,9 +74,7 @@ def _tf_rows(context, local_rows):
     """
     import tensorflow as tf
 
-    sizes = context.all_gather(
-        tf.reshape(tf.cast(local_rows, tf.int32), (1,)), axis=0
-    )
+    sizes = context.all_gather(tf.reshape(tf.cast(local_rows, tf.int32), (1,)), axis=0)
     replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
     offset = tf.reduce_sum(sizes[:replica])
     return tf.reduce_sum(sizes), offset
@@ -189,9 +187,7 @@ class ReplicaSeedGenerator(keras.random.SeedGenerator):
     _STRIDE = 1_000_003
 
     def __init__(self, seed=None, name=None, **kwargs):
-        super().__init__(
-            seed=seed, name=name or "seed_generator", **kwargs
-        )
+        super().__init__(seed=seed, name=name or "seed_generator", **kwargs)
 
     def next(self, ordered=True):
         seed = super().next(ordered=ordered)
@@ -408,4 +404,3 @@ def host_devices(count):
         "training with keras.distribution on JAX and tf.distribute on "
         "TensorFlow."
     )
-

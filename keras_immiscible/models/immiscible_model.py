@@ -101,8 +101,7 @@ class ImmiscibleModel(keras.Model):
             )
         if loss_type not in self.loss_types:
             raise ValueError(
-                f"`loss_type` must be one of {self.loss_types}, got "
-                f"{loss_type!r}."
+                f"`loss_type` must be one of {self.loss_types}, got {loss_type!r}."
             )
         if data_dtype is not None and data_dtype not in DATA_DTYPES:
             raise ValueError(
@@ -117,9 +116,7 @@ class ImmiscibleModel(keras.Model):
         self.seed = seed
         # Keras' generator, except that tf.distribute replicas draw apart.
         self.seed_generator = distribution.ReplicaSeedGenerator(seed)
-        self.image_shape, self.num_classes_input = input_checks.network_spec(
-            network
-        )
+        self.image_shape, self.num_classes_input = input_checks.network_spec(network)
         self.label_limit = (
             input_checks.label_limit(network) if self.num_classes_input else None
         )
@@ -131,17 +128,16 @@ class ImmiscibleModel(keras.Model):
             if self.autoencoder is not None
             else tuple(self.image_shape)
         )
-        if isinstance(label_dropout, bool) or not isinstance(
-            label_dropout, (int, float, np.integer, np.floating)
-        ) or not 0.0 <= float(label_dropout) < 1.0:
+        if (
+            isinstance(label_dropout, bool)
+            or not isinstance(label_dropout, (int, float, np.integer, np.floating))
+            or not 0.0 <= float(label_dropout) < 1.0
+        ):
             raise ValueError(
-                "`label_dropout` must be a fraction in [0, 1), got "
-                f"{label_dropout!r}."
+                f"`label_dropout` must be a fraction in [0, 1), got {label_dropout!r}."
             )
         self.label_dropout = float(label_dropout)
-        if getattr(self.assigner, "per_class", False) and not (
-            self.num_classes_input
-        ):
+        if getattr(self.assigner, "per_class", False) and not (self.num_classes_input):
             raise ValueError(
                 f"{self.assigner!r} assigns within classes, but the network "
                 "is unconditional: build it with `num_classes` (and train on "
@@ -155,16 +151,28 @@ class ImmiscibleModel(keras.Model):
         # travel with the weights into `.keras` files, and are part of the
         # non-trainable state of the stateless (JAX) training step.
         self._noise_count = self.add_weight(
-            shape=(), initializer="zeros", dtype="float32",
-            trainable=False, autocast=False, name="noise_count",
+            shape=(),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="noise_count",
         )
         self._noise_mean = self.add_weight(
-            shape=self.image_shape, initializer="zeros", dtype="float32",
-            trainable=False, autocast=False, name="noise_mean",
+            shape=self.image_shape,
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="noise_mean",
         )
         self._noise_square_mean = self.add_weight(
-            shape=self.image_shape, initializer="zeros", dtype="float32",
-            trainable=False, autocast=False, name="noise_square_mean",
+            shape=self.image_shape,
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="noise_square_mean",
         )
 
     # ------------------------------------------------------ family interface
@@ -297,9 +305,7 @@ class ImmiscibleModel(keras.Model):
         shape = getattr(spec, "shape", None)
         if shape is None:
             return
-        kind = "latents" if tuple(shape[1:]) == tuple(self.image_shape) else (
-            "images"
-        )
+        kind = "latents" if tuple(shape[1:]) == tuple(self.image_shape) else ("images")
         previous = getattr(self, "_input_kind", None)
         self._input_kind = kind
         if previous is not None and previous != kind:
@@ -400,9 +406,7 @@ class ImmiscibleModel(keras.Model):
         inputs = [noisy, self._per_sample(noise_level)]
         if self.num_classes_input:
             if labels is None:
-                raise ValueError(
-                    "The network is class-conditional: pass `labels`."
-                )
+                raise ValueError("The network is class-conditional: pass `labels`.")
             inputs.append(labels)
         return inputs
 
@@ -455,9 +459,7 @@ class ImmiscibleModel(keras.Model):
         count, as Keras' own losses are
         (`keras_immiscible.backend.distribution.scale_loss`).
         """
-        loss = self._batch_loss_with_assigned_noise(
-            x, y, sample_weight, training
-        )
+        loss = self._batch_loss_with_assigned_noise(x, y, sample_weight, training)
         return distribution.scale_loss(loss)
 
     def _batch_loss_with_assigned_noise(
@@ -544,9 +546,10 @@ class ImmiscibleModel(keras.Model):
 
     def is_latent_batch(self, images):
         """Whether a batch holds latents (not images) of a latent model."""
-        return self.autoencoder is not None and tuple(images.shape[1:]) == (
-            tuple(self.image_shape)
-        ) != self.data_shape
+        return (
+            self.autoencoder is not None
+            and tuple(images.shape[1:]) == (tuple(self.image_shape)) != self.data_shape
+        )
 
     def to_model_space(self, images):
         """A batch of images (or latents) as the data the model diffuses.
@@ -559,9 +562,7 @@ class ImmiscibleModel(keras.Model):
             return self.normalize(images)
         if self.is_latent_batch(images):
             return ops.cast(images, "float32")
-        return ops.stop_gradient(
-            ops.cast(self.autoencoder.encode(images), "float32")
-        )
+        return ops.stop_gradient(ops.cast(self.autoencoder.encode(images), "float32"))
 
     def from_model_space(self, data):
         """Sampled data to the caller's images (decoded for latent models)."""
@@ -571,8 +572,7 @@ class ImmiscibleModel(keras.Model):
         if self.data_dtype == "uint8":
             low, high = getattr(self.autoencoder, "image_range", (0.0, 1.0))
             unit = (images - low) / (high - low)
-            return ops.cast(ops.round(ops.clip(unit, 0.0, 1.0) * 255.0),
-                            "uint8")
+            return ops.cast(ops.round(ops.clip(unit, 0.0, 1.0) * 255.0), "uint8")
         return images
 
     # ------------------------------------------------------ label dropout
@@ -594,12 +594,11 @@ class ImmiscibleModel(keras.Model):
 
     def _drop_labels(self, labels):
         """Replaces a `label_dropout` fraction of `labels` by the null label."""
-        drop = keras.random.uniform(
-            ops.shape(labels), seed=self.seed_generator
-        ) < self.label_dropout
-        return ops.where(
-            drop, ops.full_like(labels, self._null_label()), labels
+        drop = (
+            keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
+            < self.label_dropout
         )
+        return ops.where(drop, ops.full_like(labels, self._null_label()), labels)
 
     # ---------------------------------------------------------- noise moments
 
@@ -614,12 +613,11 @@ class ImmiscibleModel(keras.Model):
         batch = ops.cast(ops.shape(noise)[0], "float32")
         count = self._noise_count + batch
         weight = batch / count
-        mean = self._noise_mean + (
-            ops.mean(noise, axis=0) - self._noise_mean
-        ) * weight
-        square = self._noise_square_mean + (
-            ops.mean(ops.square(noise), axis=0) - self._noise_square_mean
-        ) * weight
+        mean = self._noise_mean + (ops.mean(noise, axis=0) - self._noise_mean) * weight
+        square = (
+            self._noise_square_mean
+            + (ops.mean(ops.square(noise), axis=0) - self._noise_square_mean) * weight
+        )
         self._noise_mean.assign(mean)
         self._noise_square_mean.assign(square)
         self._noise_count.assign(count)
@@ -653,9 +651,7 @@ class ImmiscibleModel(keras.Model):
         """
         mean = ops.convert_to_numpy(self._noise_mean)
         square = ops.convert_to_numpy(self._noise_square_mean)
-        return np.sqrt(np.maximum(square - np.square(mean), 0.0)).astype(
-            "float32"
-        )
+        return np.sqrt(np.maximum(square - np.square(mean), 0.0)).astype("float32")
 
     def load_own_variables(self, store):
         # Models saved before the noise moments existed lack them: load the
@@ -745,16 +741,20 @@ class ImmiscibleModel(keras.Model):
             float32 in [0, 1], or uint8 when the model was trained on uint8.
         """
         moments = self._initial_noise_moments(initial_noise)
-        if isinstance(num_images, bool) or not isinstance(
-            num_images, (int, np.integer)
-        ) or num_images < 1:
+        if (
+            isinstance(num_images, bool)
+            or not isinstance(num_images, (int, np.integer))
+            or num_images < 1
+        ):
             raise ValueError(
                 f"`num_images` must be an integer >= 1, got {num_images!r}."
             )
         steps = self.default_steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(
-            steps, (int, np.integer)
-        ) or steps < 1:
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, (int, np.integer))
+            or steps < 1
+        ):
             raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
         labels = self._check_labels(labels, num_images)
         guidance = self._check_guidance(guidance_scale, labels)
@@ -763,21 +763,20 @@ class ImmiscibleModel(keras.Model):
         self._warn_if_stochastic_on_coupled(sampler, int(steps))
         if batch_size is None:
             batch_size = num_images
-        if isinstance(batch_size, bool) or not isinstance(
-            batch_size, (int, np.integer)
-        ) or batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1
+        ):
             raise ValueError(
-                f"`batch_size` must be None or an integer >= 1, got "
-                f"{batch_size!r}."
+                f"`batch_size` must be None or an integer >= 1, got {batch_size!r}."
             )
         if seed is not None and (
             isinstance(seed, bool)
             or not isinstance(seed, (int, np.integer))
             or seed < 0
         ):
-            raise ValueError(
-                f"`seed` must be None or an integer >= 0, got {seed!r}."
-            )
+            raise ValueError(f"`seed` must be None or an integer >= 0, got {seed!r}.")
         batch_size = int(batch_size)
         # The initial noise is one stream of standard normals, read chunk by
         # chunk: image i starts from the same noise whatever `batch_size` is,
@@ -790,28 +789,41 @@ class ImmiscibleModel(keras.Model):
         evaluations = getattr(sampler, "network_evaluations", None)
         per_chunk = evaluations(int(steps)) if callable(evaluations) else steps
         self._guidance = guidance
-        self._progress = generate_progress.GenerateProgress(
-            chunks * per_chunk, verbose
-        )
+        self._progress = generate_progress.GenerateProgress(chunks * per_chunk, verbose)
         try:
             for start in range(0, num_images, batch_size):
-                outputs.append(self._generate_chunk(
-                    start, min(batch_size, num_images - start), labels,
-                    noise_stream, moments, int(steps), sampler, seed_generator,
-                ))
+                outputs.append(
+                    self._generate_chunk(
+                        start,
+                        min(batch_size, num_images - start),
+                        labels,
+                        noise_stream,
+                        moments,
+                        int(steps),
+                        sampler,
+                        seed_generator,
+                    )
+                )
         finally:
             self._guidance = None
             self._progress = None
         return np.concatenate(outputs, axis=0)
 
     def _generate_chunk(
-        self, start, count, labels, noise_stream, moments, steps, sampler,
+        self,
+        start,
+        count,
+        labels,
+        noise_stream,
+        moments,
+        steps,
+        sampler,
         seed_generator,
     ):
         """Images `start .. start + count` of a `generate` call (numpy)."""
         chunk_labels = None
         if labels is not None:
-            chunk_labels = ops.convert_to_tensor(labels[start:start + count])
+            chunk_labels = ops.convert_to_tensor(labels[start : start + count])
         noise = ops.convert_to_tensor(
             noise_stream.standard_normal(
                 (count,) + tuple(self.image_shape), dtype=np.float32
@@ -826,9 +838,11 @@ class ImmiscibleModel(keras.Model):
         """`None` (plain conditional sampling) or `(w, null_label)`."""
         if guidance_scale is None:
             return None
-        if isinstance(guidance_scale, bool) or not isinstance(
-            guidance_scale, (int, float, np.integer, np.floating)
-        ) or not np.isfinite(guidance_scale):
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float, np.integer, np.floating))
+            or not np.isfinite(guidance_scale)
+        ):
             raise ValueError(
                 "`guidance_scale` must be None or a finite number, got "
                 f"{guidance_scale!r}."
@@ -839,9 +853,7 @@ class ImmiscibleModel(keras.Model):
                 "(num_images,) with it."
             )
         null = self._null_label()
-        if self.label_dropout == 0.0 and not getattr(
-            self, "_warned_guidance", False
-        ):
+        if self.label_dropout == 0.0 and not getattr(self, "_warned_guidance", False):
             self._warned_guidance = True
             warnings.warn(
                 "generate(guidance_scale=...) mixes in the prediction at the "
@@ -859,7 +871,8 @@ class ImmiscibleModel(keras.Model):
     def _initial_noise_moments(self, initial_noise):
         """`None` for N(0, I), or the `(mean, std)` tensors of "matched"."""
         if not isinstance(initial_noise, str) or initial_noise not in (
-            "standard", "matched"
+            "standard",
+            "matched",
         ):
             raise ValueError(
                 "`initial_noise` must be 'standard' (N(0, I)) or 'matched' "
@@ -912,8 +925,10 @@ class ImmiscibleModel(keras.Model):
                 instead = "sampler='euler' or 'heun' (or 'ddim', eta=0)"
         # Point at the user's call, past a family's own `generate` override.
         stacklevel, frame = 3, sys._getframe(2)
-        while frame is not None and frame.f_code.co_name == "generate" and (
-            frame.f_globals.get("__name__", "").startswith("keras_immiscible")
+        while (
+            frame is not None
+            and frame.f_code.co_name == "generate"
+            and (frame.f_globals.get("__name__", "").startswith("keras_immiscible"))
         ):
             stacklevel, frame = stacklevel + 1, frame.f_back
         warnings.warn(
@@ -981,13 +996,15 @@ class ImmiscibleModel(keras.Model):
 
         def guided(inputs):
             noisy, level, labels = inputs
-            both = network([
-                ops.concatenate([noisy, noisy], axis=0),
-                ops.concatenate([level, level], axis=0),
-                ops.concatenate(
-                    [labels, ops.full_like(labels, null_label)], axis=0
-                ),
-            ])
+            both = network(
+                [
+                    ops.concatenate([noisy, noisy], axis=0),
+                    ops.concatenate([level, level], axis=0),
+                    ops.concatenate(
+                        [labels, ops.full_like(labels, null_label)], axis=0
+                    ),
+                ]
+            )
             cond, uncond = ops.split(both, 2, axis=0)
             return uncond + scale * (cond - uncond)
 
@@ -1018,9 +1035,7 @@ class ImmiscibleModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(
-            config["network"]
-        )
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
         if config.get("autoencoder") is not None:
             config["autoencoder"] = keras.saving.deserialize_keras_object(
                 config["autoencoder"]
