@@ -231,7 +231,6 @@ def test_tensorflow_replicas_draw_apart(worker):
     for i in range(DEVICES):
         for j in range(i):
             assert not np.allclose(draws[i], draws[j])
-    assert np.all(np.isfinite(worker["loss_random_t_4"]))
 
 
 @pytest.mark.parametrize("name", ["auction", "knn"])
@@ -266,8 +265,7 @@ def test_mixed_precision_under_distribution(worker):
         loss = worker[f"mixed_{policy}_loss"]
         assert np.all(np.isfinite(loss))
         # Same steps in float32 (histories start from the same weights).
-        reference = "loss_global_4" if BACKEND == "jax" else "loss_random_t_4"
-        np.testing.assert_allclose(loss[0], worker[reference][0], rtol=0.05)
+        np.testing.assert_allclose(loss[0], worker["loss_global_4"][0], rtol=0.05)
     if BACKEND == "tensorflow":
         assert str(worker["mixed_mixed_float16_optimizer"]) == ("LossScaleOptimizer")
 

@@ -235,6 +235,37 @@ def draw_rows(draw, data):
     return tf.ensure_shape(rows, data.shape)
 
 
+def draw_batch_rows(draw, batch_size):
+    """This device's rows of a per-sample draw made for the global batch.
+
+    Like `draw_rows`, for draws whose rows are not shaped like the data
+    (timesteps, label dropout): `draw(n)` returns a tensor with n rows.
+
+    Args:
+        draw: `n -> tensor (n, ...)`, e.g. `lambda n: keras.random.uniform(
+            (n,), seed=generator)`.
+        batch_size: this device's number of rows (a tensor or an int).
+
+    Returns:
+        `draw(batch_size)` on one device and on JAX; in a TF replica
+        context, rows `[offset, offset + batch_size)` of `draw(B_global)`,
+        so that every replica's draws equal the one-device draws of the
+        same global batch.
+
+    Example:
+
+    >>> t = draw_batch_rows(
+    ...     lambda n: keras.random.uniform((n,), seed=generator), 32)
+    """
+    context = _tf_replica_context()
+    if context is None:
+        return draw(batch_size)
+    total, offset = _tf_rows(context, batch_size)
+    with _global_draws():
+        full = draw(total)
+    return full[offset : offset + batch_size]
+
+
 def over_replicas(fn, *args):
     """Runs `fn(*args)` separately on each device's shard of the batch.
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_immiscible.backend import distribution
 from keras_immiscible.models.immiscible_model import ImmiscibleModel
 from keras_immiscible.samplers.consistency import ConsistencySampler
 from keras_immiscible.schedules import consistency as cm
@@ -236,7 +237,10 @@ class ImmiscibleConsistency(ImmiscibleModel):
             p_std=self.p_std,
         )
         cdf = ops.cumsum(probabilities)
-        u = keras.random.uniform((batch_size, 1), seed=self.seed_generator)
+        u = distribution.draw_batch_rows(
+            lambda n: keras.random.uniform((n, 1), seed=self.seed_generator),
+            batch_size,
+        )
         index = ops.sum(ops.cast(cdf[None, :] <= u, "int32"), axis=1)
         # Rounding can leave cdf[-1] just under u: stay on the grid.
         return ops.minimum(index, ops.cast(num_levels, "int32") - 2)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_immiscible import schedules as schedules_lib
+from keras_immiscible.backend import distribution
 from keras_immiscible.models import predictions
 from keras_immiscible.models.immiscible_model import ImmiscibleModel
 
@@ -122,7 +123,7 @@ class ImmiscibleDiffusion(ImmiscibleModel):
 
     def noise_loss(self, data, noise, labels=None, training=True):
         """Diffusion loss of `data` in [-1, 1] noised with `noise`."""
-        t = self.sample_times(ops.shape(data)[0])
+        t = distribution.draw_batch_rows(self.sample_times, ops.shape(data)[0])
         signal_rate, noise_rate = self._rates(t)
         noisy = signal_rate * data + noise_rate * noise
         output = self.network(
