@@ -9,6 +9,8 @@ from keras_immiscible.ops.distance import assignment_cost
 from keras_immiscible.ops.distance import check_metric
 from keras_immiscible.ops.linear_sum_assignment import check_solver
 from keras_immiscible.ops.linear_sum_assignment import linear_sum_assignment
+from keras_immiscible.utils.arguments import check_bool
+from keras_immiscible.utils.arguments import check_choice
 
 SCOPES = ("global", "replica")
 
@@ -84,12 +86,9 @@ class LinearAssignment(NoiseAssigner):
     ):
         check_solver(solver)
         check_metric(metric)
-        if not isinstance(quantize, bool):
-            raise TypeError(f"`quantize` must be a bool, got {quantize!r}.")
-        if not isinstance(per_class, bool):
-            raise TypeError(f"`per_class` must be a bool, got {per_class!r}.")
-        if scope not in SCOPES:
-            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+        quantize = check_bool(quantize, "quantize")
+        per_class = check_bool(per_class, "per_class")
+        check_choice(scope, "scope", SCOPES)
         self.solver = solver
         self.metric = metric
         self.quantize = quantize

@@ -22,9 +22,7 @@ def _check_seed(seed):
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(
-            f"`seed` must be None or a non-negative integer, got {seed!r}."
-        )
+        raise TypeError(f"`seed` must be None or a non-negative integer, got {seed!r}.")
     if not 0 <= int(seed) < _MAX_SEED:
         raise ValueError(
             f"`seed` must be a non-negative integer below 2**63, got {seed!r}."
@@ -165,20 +163,16 @@ def _check_epochs(epochs, initial_epoch):
         initial_epoch, numbers.Integral
     ):
         raise TypeError(
-            "`initial_epoch` must be a non-negative integer, got "
-            f"{initial_epoch!r}."
+            f"`initial_epoch` must be a non-negative integer, got {initial_epoch!r}."
         )
     if not 0 <= int(initial_epoch) < _MAX_SEED:
         raise ValueError(
-            "`initial_epoch` must be a non-negative integer, got "
-            f"{initial_epoch!r}."
+            f"`initial_epoch` must be a non-negative integer, got {initial_epoch!r}."
         )
     if epochs is None:
         return None, int(initial_epoch)
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
-        raise TypeError(
-            f"`epochs` must be None or an integer, got {epochs!r}."
-        )
+        raise TypeError(f"`epochs` must be None or an integer, got {epochs!r}.")
     if not initial_epoch < epochs <= _MAX_SEED:
         raise ValueError(
             "`epochs` (the index of the epoch to stop before, as in "
@@ -337,9 +331,7 @@ def with_assigned_noise(
         epoch_numbers = tf.data.Dataset.range(initial_epoch, epochs)
 
     def one_epoch(epoch):
-        return dataset.enumerate().map(
-            lambda index, element: (epoch, index, element)
-        )
+        return dataset.enumerate().map(lambda index, element: (epoch, index, element))
 
     keyed = epoch_numbers.flat_map(one_epoch)
 

@@ -23,6 +23,7 @@ from keras_immiscible.backend import distribution
 from keras_immiscible.backend import untie_ema_buffers
 from keras_immiscible.models import generate_progress
 from keras_immiscible.models import input_checks
+from keras_immiscible.utils.arguments import check_probability
 
 LOSSES = ("mse", "mae")
 DATA_DTYPES = ("float32", "uint8")
@@ -116,9 +117,9 @@ class ImmiscibleModel(keras.Model):
         self.seed = seed
         # Keras' generator, except that tf.distribute replicas draw apart.
         self.seed_generator = distribution.ReplicaSeedGenerator(seed)
-        self.image_shape, self.num_classes_input = input_checks.network_spec(network)
+        self.image_shape, self.takes_labels = input_checks.network_spec(network)
         self.label_limit = (
-            input_checks.label_limit(network) if self.num_classes_input else None
+            input_checks.label_limit(network) if self.takes_labels else None
         )
         self.autoencoder = self._check_autoencoder(autoencoder)
         # What `fit` takes: images (the autoencoder's, for latent models)
@@ -128,16 +129,10 @@ class ImmiscibleModel(keras.Model):
             if self.autoencoder is not None
             else tuple(self.image_shape)
         )
-        if (
-            isinstance(label_dropout, bool)
-            or not isinstance(label_dropout, (int, float, np.integer, np.floating))
-            or not 0.0 <= float(label_dropout) < 1.0
-        ):
-            raise ValueError(
-                f"`label_dropout` must be a fraction in [0, 1), got {label_dropout!r}."
-            )
-        self.label_dropout = float(label_dropout)
-        if getattr(self.assigner, "per_class", False) and not (self.num_classes_input):
+        self.label_dropout = check_probability(
+            label_dropout, "label_dropout", allow_one=False
+        )
+        if getattr(self.assigner, "per_class", False) and not self.takes_labels:
             raise ValueError(
                 f"{self.assigner!r} assigns within classes, but the network "
                 "is unconditional: build it with `num_classes` (and train on "
@@ -404,7 +399,7 @@ class ImmiscibleModel(keras.Model):
     def _network_inputs(self, noisy, noise_level, labels=None):
         """The network's inputs for a batch at per-sample `noise_level` (B,)."""
         inputs = [noisy, self._per_sample(noise_level)]
-        if self.num_classes_input:
+        if self.takes_labels:
             if labels is None:
                 raise ValueError("The network is class-conditional: pass `labels`.")
             inputs.append(labels)
@@ -579,7 +574,7 @@ class ImmiscibleModel(keras.Model):
 
     def _null_label(self):
         """The null label of classifier-free guidance (an int)."""
-        if not self.num_classes_input:
+        if not self.takes_labels:
             raise ValueError(
                 "`label_dropout` and `guidance_scale` need a class-conditional "
                 "network (e.g. keras_immiscible.layers.UNet(num_classes=...))."
@@ -594,10 +589,12 @@ class ImmiscibleModel(keras.Model):
 
     def _drop_labels(self, labels):
         """Replaces a `label_dropout` fraction of `labels` by the null label."""
-        drop = (
-            keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
-            < self.label_dropout
+        uniform = distribution.draw_batch_rows(
+            lambda n: keras.random.uniform((n,), seed=self.seed_generator),
+            ops.shape(labels)[0],
         )
+        drop = ops.reshape(uniform, (-1,) + (1,) * (len(labels.shape) - 1))
+        drop = drop < self.label_dropout
         return ops.where(drop, ops.full_like(labels, self._null_label()), labels)
 
     # ---------------------------------------------------------- noise moments
@@ -944,12 +941,12 @@ class ImmiscibleModel(keras.Model):
         )
 
     def _check_labels(self, labels, num_images):
-        if self.num_classes_input and labels is None:
+        if self.takes_labels and labels is None:
             raise ValueError(
                 "The network is class-conditional: pass `labels` "
                 "(num_images,) to generate()."
             )
-        if labels is not None and not self.num_classes_input:
+        if labels is not None and not self.takes_labels:
             raise ValueError(
                 "The network is unconditional: build it with `num_classes` "
                 "to generate with `labels`."

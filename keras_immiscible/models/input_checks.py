@@ -92,7 +92,7 @@ def check_label_values(labels, limit, name="labels"):
 
 def check_labels_argument(model, y, name="y"):
     """Checks labels given to `fit`/`evaluate` as a numpy array (`y`)."""
-    if isinstance(y, np.ndarray) and model.num_classes_input:
+    if isinstance(y, np.ndarray) and model.takes_labels:
         check_label_values(y, model.label_limit, name)
 
 
@@ -185,7 +185,7 @@ def check_batch(model, x, y):
             raise TypeError(f"Batch 'noise' must be float, got dtype {noise.dtype}.")
         _check_shape(tuple(noise.shape), model.image_shape, "noise")
     labels = batch.get("labels")
-    if model.num_classes_input:
+    if model.takes_labels:
         if labels is None:
             raise ValueError(
                 "The network is class-conditional: the data must be `(images, labels)`."
@@ -248,7 +248,7 @@ def check_dataset(model, x, name="x"):
         labels = x[1]
     elif isinstance(x, dict):
         labels = x.get("labels")
-    if isinstance(labels, np.ndarray) and model.num_classes_input:
+    if isinstance(labels, np.ndarray) and model.takes_labels:
         check_label_values(labels, model.label_limit, "labels")
     if isinstance(array, np.ndarray):
         if array.dtype.kind not in "fu" or (
@@ -350,7 +350,7 @@ def _checked_tf_dataset(model, dataset, name):
             labels = element[0].get("labels")
         elif len(element) > 1:
             labels = element[1]
-        if labels is not None and model.num_classes_input:
+        if labels is not None and model.takes_labels:
             labels = tf.cast(labels, tf.int64)
             message = (
                 "labels must be class indices in "
