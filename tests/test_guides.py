@@ -25,6 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from offline_runner import OFFLINE_RUNNER
 
 GUIDES_DIR = Path(__file__).resolve().parent.parent / "guides"
 BACKEND = keras.backend.backend()
@@ -46,28 +47,7 @@ RUN_ALL = os.environ.get("KI_TEST_ALL_GUIDES") == "1"
 
 # Runs a guide as __main__ with the network off: the guides must not
 # download anything in smoke mode.
-RUNNER = """
-import runpy, socket, sys
-
-_ORIGINAL = {}
-
-
-def _offline(name):
-    _ORIGINAL[name] = getattr(socket.socket, name)
-
-    def refuse_internet(self, *args, **kwargs):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise OSError("network access from a guide in smoke mode")
-        return _ORIGINAL[name](self, *args, **kwargs)
-
-    setattr(socket.socket, name, refuse_internet)
-
-
-for _name in ("connect", "connect_ex", "sendto"):
-    _offline(_name)
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+RUNNER = OFFLINE_RUNNER
 
 HEADER_FIELDS = (
     "Title",

@@ -21,6 +21,8 @@ import time
 import keras
 import numpy as np
 import pytest
+from offline_runner import BLOCK_KERAS_CV
+from offline_runner import OFFLINE_RUNNER
 from PIL import Image
 
 import keras_immiscible  # noqa: F401  (registers the classes to load)
@@ -38,33 +40,7 @@ TILE, PAD = 16 * 4, 1
 
 # Runs the script as __main__ with internet sockets refused and keras_cv
 # made unimportable.
-RUNNER = """
-import importlib.abc, runpy, socket, sys
-
-class NoKerasCV(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "keras_cv":
-            raise ImportError("keras_cv is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, NoKerasCV())
-_ORIGINAL = {}
-
-def _offline(name):
-    _ORIGINAL[name] = getattr(socket.socket, name)
-
-    def refuse_internet(self, *args, **kwargs):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise OSError("network access from the latent example's test")
-        return _ORIGINAL[name](self, *args, **kwargs)
-
-    setattr(socket.socket, name, refuse_internet)
-
-for _name in ("connect", "connect_ex", "sendto"):
-    _offline(_name)
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+RUNNER = BLOCK_KERAS_CV + OFFLINE_RUNNER
 
 
 def run_script(flags, cwd, check=True):

@@ -221,17 +221,14 @@ def draw_rows(draw, data):
     >>> noise = draw_rows(
     ...     lambda shape: keras.random.normal(shape, seed=generator), data)
     """
-    context = _tf_replica_context()
-    if context is None:
+    if _tf_replica_context() is None:
         return draw(keras.ops.shape(data))
     import tensorflow as tf
 
-    local = tf.shape(data)[0]
-    total, offset = _tf_rows(context, local)
-    shape = tf.concat([tf.reshape(total, (1,)), tf.shape(data)[1:]], 0)
-    with _global_draws():
-        full = draw(shape)
-    rows = full[offset : offset + local]
+    def draw_global(total):
+        return draw(tf.concat([tf.reshape(total, (1,)), tf.shape(data)[1:]], 0))
+
+    rows = draw_batch_rows(draw_global, tf.shape(data)[0])
     return tf.ensure_shape(rows, data.shape)
 
 
