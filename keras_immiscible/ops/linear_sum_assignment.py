@@ -8,10 +8,12 @@ from keras_immiscible.backend import compiled
 from keras_immiscible.backend import host_call
 from keras_immiscible.backend import is_concrete
 from keras_immiscible.ops.auction import auction_assignment
+from keras_immiscible.ops.auction import warm_start_prices
 from keras_immiscible.ops.validation import check_finite
 from keras_immiscible.ops.validation import check_rank
 from keras_immiscible.ops.validation import to_float_tensor
 from keras_immiscible.utils.arguments import check_choice
+from keras_immiscible.utils.arguments import check_int
 
 SOLVERS = ("scipy", "auction")
 
@@ -34,24 +36,35 @@ def reduce_cost(cost):
     return cost
 
 
-def _scipy_columns(cost):
+def _scipy_columns(cost, prices=None):
     cost = np.asarray(cost, dtype=np.float64)
     if not np.all(np.isfinite(cost)):
         raise ValueError(
             "`cost` contains NaN or infinite values; refusing to pass them "
             "to scipy.optimize.linear_sum_assignment."
         )
+    if prices is not None:
+        prices = np.asarray(prices, dtype=np.float64)
+        if np.all(np.isfinite(prices)):
+            # A shift by column prices: the same optimal permutations.
+            cost = cost + prices[None, :]
     rows, cols = scipy.optimize.linear_sum_assignment(reduce_cost(cost))
     out = np.empty(cost.shape[0], dtype=np.int32)
     out[rows] = cols
     return out
 
 
-def _exact_info():
+# scipy's solver starts from zero duals; below this size it is faster than
+# any warm start (see `linear_sum_assignment`).
+SCIPY_WARM_START_MIN_SIZE = 256
+SCIPY_SINKHORN_ITERATIONS = 8
+
+
+def _exact_info(sinkhorn_iterations=0):
     """The `info` of an exact (scipy) solve."""
     return {
         "rounds": ops.convert_to_tensor(0, "int32"),
-        "sinkhorn_iterations": ops.convert_to_tensor(0, "int32"),
+        "sinkhorn_iterations": ops.convert_to_tensor(sinkhorn_iterations, "int32"),
         "gap_bound": ops.convert_to_tensor(0.0, "float32"),
         "converged": ops.convert_to_tensor(True),
     }
@@ -118,14 +131,14 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False, **solver_kwar
         )
     check_finite(cost, "cost")
     if solver == "scipy":
-        if solver_kwargs:
-            raise TypeError(
-                f"solver='scipy' takes no options, got {sorted(solver_kwargs)}."
-            )
+        iterations = _scipy_options(n, solver_kwargs)
+        args = [cost]
+        if iterations:
+            args.append(_prices(cost, iterations))
         columns = host_call(
-            _scipy_columns, [cost], (n,), "int32", name="linear_sum_assignment"
+            _scipy_columns, args, (n,), "int32", name="linear_sum_assignment"
         )
-        return (columns, _exact_info()) if return_info else columns
+        return (columns, _exact_info(iterations)) if return_info else columns
     n = ops.shape(cost)[0] if n is None else n
     if is_concrete(cost):
         key = ("auction", tuple(sorted(solver_kwargs.items())))
@@ -144,3 +157,27 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False, **solver_kwar
         info["gap_bound"] = ops.where(finite, info["gap_bound"], float("inf"))
         info["converged"] = ops.logical_and(finite, info["converged"])
     return (columns, info) if return_info else columns
+
+
+def _scipy_options(n, solver_kwargs):
+    """The warm start's Sinkhorn iterations for scipy (0: none)."""
+    options = dict(solver_kwargs)
+    iterations = options.pop("sinkhorn_iterations", None)
+    if options:
+        raise TypeError(
+            f"solver='scipy' takes only `sinkhorn_iterations`, got {sorted(options)}."
+        )
+    if iterations is None:
+        small = n is None or n < SCIPY_WARM_START_MIN_SIZE
+        return 0 if small else SCIPY_SINKHORN_ITERATIONS
+    return check_int(iterations, "sinkhorn_iterations", minimum=0)
+
+
+def _prices(cost, iterations):
+    """Warm-start column prices, computed where `cost` lives."""
+    if is_concrete(cost):
+        solve = compiled(
+            lambda c: warm_start_prices(c, iterations), ("warm_start", iterations)
+        )
+        return solve(cost)
+    return warm_start_prices(cost, iterations)
