@@ -6,9 +6,8 @@ from keras import ops
 from keras_immiscible.samplers.sampler import SamplerBase
 from keras_immiscible.samplers.sampler import batch_times
 from keras_immiscible.samplers.sampler import posterior_variance
-from keras_immiscible.samplers.sampler import prepare_noise
 from keras_immiscible.samplers.sampler import seed_generator
-from keras_immiscible.samplers.sampler import time_grid
+from keras_immiscible.samplers.sampler import start_run
 from keras_immiscible.samplers.sampler import transition_rates
 from keras_immiscible.utils import arguments
 
@@ -102,10 +101,9 @@ class DDIM(SamplerBase):
             Tensor shaped like `initial_noise`: the data predicted at the
             last step.
         """
-        steps = arguments.check_positive_int(steps, "steps")
-        arguments.check_callable(denoise, "denoise")
-        times = time_grid(schedule, steps)
-        x, batch_size = prepare_noise(initial_noise)
+        steps, x, batch_size, times = start_run(
+            denoise, "denoise", initial_noise, schedule, steps
+        )
         dtype = x.dtype
         rates = transition_rates(schedule, times, dtype)
         if rates is not None:

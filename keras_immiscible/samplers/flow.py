@@ -4,19 +4,9 @@ import keras
 
 from keras_immiscible.samplers.sampler import SamplerBase
 from keras_immiscible.samplers.sampler import batch_times
-from keras_immiscible.samplers.sampler import prepare_noise
-from keras_immiscible.samplers.sampler import time_grid
-from keras_immiscible.utils import arguments
+from keras_immiscible.samplers.sampler import start_run
 
 FINAL_STEPS = ("euler", "heun")
-
-
-def _velocity_sample_args(velocity, initial_noise, schedule, steps):
-    steps = arguments.check_positive_int(steps, "steps")
-    arguments.check_callable(velocity, "velocity")
-    times = time_grid(schedule, steps)
-    x, batch_size = prepare_noise(initial_noise)
-    return x, batch_size, times
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
@@ -75,8 +65,8 @@ class Euler(SamplerBase):
         Returns:
             Tensor shaped like `initial_noise`: the state at `t = 0`.
         """
-        x, batch_size, times = _velocity_sample_args(
-            velocity, initial_noise, schedule, steps
+        _, x, batch_size, times = start_run(
+            velocity, "velocity", initial_noise, schedule, steps
         )
         for t_value, next_t_value in zip(times[:-1], times[1:]):
             t = batch_times(t_value, batch_size, x.dtype)
@@ -156,8 +146,8 @@ class Heun(SamplerBase):
         Returns:
             Tensor shaped like `initial_noise`: the state at `t = 0`.
         """
-        x, batch_size, times = _velocity_sample_args(
-            velocity, initial_noise, schedule, steps
+        _, x, batch_size, times = start_run(
+            velocity, "velocity", initial_noise, schedule, steps
         )
         last = len(times) - 2
         for k, (t_value, next_t_value) in enumerate(zip(times[:-1], times[1:])):

@@ -2,13 +2,15 @@
 
 `SamplerBase` holds what every sampler of `keras_immiscible.samplers` has
 in common (`kind`, `stochastic`, `is_stochastic`, `network_evaluations`,
-the config round trip); the functions below build the time grid (exact on
-discrete schedules) and the rates of every step.
+the config round trip); the functions below check a run's arguments, build
+the time grid (exact on discrete schedules) and the rates of every step.
 """
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_immiscible.utils import arguments
 
 
 def time_grid(schedule, steps):
@@ -44,15 +46,21 @@ def time_grid(schedule, steps):
     return [index / num_steps for index in indices]
 
 
-def prepare_noise(initial_noise):
-    """Converts `initial_noise` to a tensor; returns it and its batch size."""
+def start_run(network, network_name, initial_noise, schedule, steps):
+    """Checks a `sample` call's `steps` and `network` (the `denoise` or
+    `velocity` callable, named `network_name`); returns `(steps, x,
+    batch_size, times)`: `steps` as an int, `initial_noise` as a tensor, its
+    batch size and the run's `time_grid`."""
+    steps = arguments.check_positive_int(steps, "steps")
+    arguments.check_callable(network, network_name)
+    times = time_grid(schedule, steps)
     x = ops.convert_to_tensor(initial_noise)
     if len(ops.shape(x)) < 1:
         raise ValueError(
             "`initial_noise` must have a batch dimension. "
             f"Received shape: {ops.shape(x)}"
         )
-    return x, ops.shape(x)[0]
+    return steps, x, ops.shape(x)[0], times
 
 
 def seed_generator(seed):
