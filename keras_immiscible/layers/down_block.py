@@ -2,16 +2,13 @@
 
 import keras
 
-from keras_immiscible.layers.attention_block import AttentionBlock
-from keras_immiscible.layers.residual_block import ResidualBlock
-from keras_immiscible.utils.arguments import check_positive_int
-from keras_immiscible.utils.arguments import check_probability
+from keras_immiscible.layers.unet_stage import UNetStage
 
 _DOWNSAMPLE_MODES = ("average", "conv")
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
-class DownBlock(keras.layers.Layer):
+class DownBlock(UNetStage):
     """Encoder stage of a UNet.
 
     Applies `block_depth` time-conditioned `ResidualBlock`s (each followed by
@@ -67,43 +64,16 @@ class DownBlock(keras.layers.Layer):
         downsample="average",
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.width = check_positive_int(width, "width")
-        self.block_depth = check_positive_int(block_depth, "block_depth")
-        self.attention = bool(attention)
-        self.dropout = check_probability(dropout, "dropout", allow_one=False)
-        self.groups = check_positive_int(groups, "groups", allow_none=True)
-        self.num_heads = check_positive_int(num_heads, "num_heads")
+        super().__init__(
+            width, block_depth, attention, dropout, groups, num_heads, **kwargs
+        )
         if downsample not in _DOWNSAMPLE_MODES:
             raise ValueError(
                 f"`downsample` must be one of {_DOWNSAMPLE_MODES}. "
                 f"Received: downsample={downsample!r}"
             )
         self.downsample = downsample
-
-        self.residual_blocks = [
-            ResidualBlock(
-                self.width,
-                groups=self.groups,
-                dropout=self.dropout,
-                dtype=self.dtype_policy,
-                name=f"residual_block_{i}",
-            )
-            for i in range(self.block_depth)
-        ]
-        self.attention_blocks = (
-            [
-                AttentionBlock(
-                    num_heads=self.num_heads,
-                    groups=self.groups,
-                    dtype=self.dtype_policy,
-                    name=f"attention_block_{i}",
-                )
-                for i in range(self.block_depth)
-            ]
-            if self.attention
-            else []
-        )
+        self._make_blocks()
         if downsample == "average":
             self.downsampler = keras.layers.AveragePooling2D(
                 2, dtype=self.dtype_policy, name="downsample"
@@ -136,35 +106,18 @@ class DownBlock(keras.layers.Layer):
                     "`DownBlock` needs even spatial dimensions to downsample. "
                     f"Received: x.shape={x_shape}"
                 )
-        for i, residual_block in enumerate(self.residual_blocks):
-            residual_block.build([x_shape, emb_shape])
-            x_shape = x_shape[:-1] + (self.width,)
-            if self.attention:
-                self.attention_blocks[i].build(x_shape)
+        for i in range(self.block_depth):
+            x_shape = self._build_block(i, x_shape, emb_shape)
         self.downsampler.build(x_shape)
         self.built = True
 
     def call(self, inputs, training=None):
         x, emb = inputs
         skips = []
-        for i, residual_block in enumerate(self.residual_blocks):
-            x = residual_block([x, emb], training=training)
-            if self.attention:
-                x = self.attention_blocks[i](x, training=training)
+        for i in range(self.block_depth):
+            x = self._call_block(i, x, emb, training)
             skips.append(x)
         return [self.downsampler(x)] + skips
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "width": self.width,
-                "block_depth": self.block_depth,
-                "attention": self.attention,
-                "dropout": self.dropout,
-                "groups": self.groups,
-                "num_heads": self.num_heads,
-                "downsample": self.downsample,
-            }
-        )
-        return config
+        return {**super().get_config(), "downsample": self.downsample}

@@ -3,16 +3,13 @@
 import keras
 from keras import ops
 
-from keras_immiscible.layers.attention_block import AttentionBlock
-from keras_immiscible.layers.residual_block import ResidualBlock
-from keras_immiscible.utils.arguments import check_positive_int
-from keras_immiscible.utils.arguments import check_probability
+from keras_immiscible.layers.unet_stage import UNetStage
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 
 
 @keras.saving.register_keras_serializable(package="keras_immiscible")
-class UpBlock(keras.layers.Layer):
+class UpBlock(UNetStage):
     """Decoder stage of a UNet.
 
     Doubles the spatial resolution, then applies `block_depth`
@@ -70,13 +67,9 @@ class UpBlock(keras.layers.Layer):
         interpolation="bilinear",
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.width = check_positive_int(width, "width")
-        self.block_depth = check_positive_int(block_depth, "block_depth")
-        self.attention = bool(attention)
-        self.dropout = check_probability(dropout, "dropout", allow_one=False)
-        self.groups = check_positive_int(groups, "groups", allow_none=True)
-        self.num_heads = check_positive_int(num_heads, "num_heads")
+        super().__init__(
+            width, block_depth, attention, dropout, groups, num_heads, **kwargs
+        )
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 f"`interpolation` must be one of {_INTERPOLATIONS}. "
@@ -90,29 +83,7 @@ class UpBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="upsample",
         )
-        self.residual_blocks = [
-            ResidualBlock(
-                self.width,
-                groups=self.groups,
-                dropout=self.dropout,
-                dtype=self.dtype_policy,
-                name=f"residual_block_{i}",
-            )
-            for i in range(self.block_depth)
-        ]
-        self.attention_blocks = (
-            [
-                AttentionBlock(
-                    num_heads=self.num_heads,
-                    groups=self.groups,
-                    dtype=self.dtype_policy,
-                    name=f"attention_block_{i}",
-                )
-                for i in range(self.block_depth)
-            ]
-            if self.attention
-            else []
-        )
+        self._make_blocks()
 
     def _split_shapes(self, input_shape):
         if (
@@ -142,37 +113,20 @@ class UpBlock(keras.layers.Layer):
             None if x_shape[2] is None else 2 * x_shape[2],
             x_shape[3],
         )
-        for i, residual_block in enumerate(self.residual_blocks):
+        for i in range(self.block_depth):
             skip_shape = skip_shapes[-1 - i]
             concat_shape = x_shape[:-1] + (x_shape[-1] + skip_shape[-1],)
-            residual_block.build([concat_shape, emb_shape])
-            x_shape = x_shape[:-1] + (self.width,)
-            if self.attention:
-                self.attention_blocks[i].build(x_shape)
+            x_shape = self._build_block(i, concat_shape, emb_shape)
         self.built = True
 
     def call(self, inputs, training=None):
         x, emb = inputs[0], inputs[1]
         skips = list(inputs[2:])
         x = self.upsample(x)
-        for i, residual_block in enumerate(self.residual_blocks):
+        for i in range(self.block_depth):
             x = ops.concatenate([x, skips.pop()], axis=-1)
-            x = residual_block([x, emb], training=training)
-            if self.attention:
-                x = self.attention_blocks[i](x, training=training)
+            x = self._call_block(i, x, emb, training)
         return x
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "width": self.width,
-                "block_depth": self.block_depth,
-                "attention": self.attention,
-                "dropout": self.dropout,
-                "groups": self.groups,
-                "num_heads": self.num_heads,
-                "interpolation": self.interpolation,
-            }
-        )
-        return config
+        return {**super().get_config(), "interpolation": self.interpolation}
