@@ -1,21 +1,9 @@
-"""Command-line plumbing shared by the example scripts (not an experiment).
-
-Each example declares its hyperparameters as a table, `{name: Default(value,
-source, quick=...)}`: the value, where it comes from (paper, code, this
-library's choice) and its `--quick` value. `parse_args` turns the table into
-flags whose `--help` shows the sources, fills the unset flags from it (the
-`--quick` column with `--quick`) and rejects values that cannot work. The
-experiment itself (data set, network, model, optimizer, `fit`) is in each
-example's own file; this module holds what every example does the same way:
-
-- `start`: backend (`select_backend`, before Keras is imported), seed,
-  clock and the `--resume` backup (`backup_dir`).
-- `image_data`: a tensorflow-datasets set and its KID/FID reference on
-  Inception-V3, or with `--quick` the digits on `digits_features`.
-- `noise_assignment` (`--assignment`), `warmup` (the learning rate),
-  `evaluation_callbacks` (KID/FID, grids, step and time, `log.csv`),
-  `fit_options` (epochs of `--eval-every` steps) and `finish` (final grid,
-  `model.keras`, the summary line).
+"""What the example scripts share and is not an experiment: the flags of
+their hyperparameter tables (`{name: Default(value, source, quick=...)}`,
+whose sources `--help` shows), the start (backend, seed, `--resume`
+backup), the tensorflow-datasets data with its KID/FID reference (`--quick`:
+the digits), `--assignment`, the CIFAR-10 codes' Adam, `fit`'s callbacks
+(KID/FID, grids, `log.csv`, backup, checkpoint) and the final grid and model.
 """
 
 import argparse
@@ -29,209 +17,142 @@ import time
 class Default:
     """A hyperparameter's default, where it comes from, its `--quick` value."""
 
-    _SAME = object()
+    def __init__(self, value, source, quick=...):
+        self.value, self.source = value, source
+        self.quick = value if quick is ... else quick
 
-    def __init__(self, value, source, quick=_SAME):
-        self.value = value
-        self.source = source
-        self.quick = value if quick is Default._SAME else quick
+
+def checked(kind, expected, valid=lambda value: value >= 1):
+    """An argparse type: `kind(text)`, refused unless `valid` (default: >= 1)."""
+
+    def parse(text):
+        value = kind(text)
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" message
+    return parse
 
 
 def int_list(text):
     """Parses `"32,64,96"` (or `""` for none) into a tuple of ints."""
-    text = str(text).strip()
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+    return tuple(int(part) for part in str(text).split(",") if part.strip())
 
 
-# The help text, type and choices of every hyperparameter an example may
-# have. Its default and source are in the example's table.
+COUNT, SHARE = checked(int, ">= 1"), checked(float, "in [0, 1)", lambda v: 0 <= v < 1)
+AT_LEAST_0 = checked(float, ">= 0", lambda value: value >= 0)
+# The help text and type of every shared hyperparameter; its default and
+# source are in the example's table.
 FLAGS = {
-    "image_size": (int, "side of the training images", None),
-    "batch_size": (int, "images per training step", None),
-    "steps": (int, "optimizer steps (rounded up to whole epochs)", None),
-    "eval_every": (
-        int,
-        "steps between KID/FID evaluations, sample grids and backups (one Keras epoch)",
-        None,
-    ),
-    "learning_rate": (float, "learning rate (after the warm-up)", None),
-    "warmup_steps": (int, "linear learning-rate warm-up, in steps", None),
-    "weight_decay": (float, "decoupled weight decay", None),
-    "grad_clip": (float, "global gradient-norm clipping (0: none)", None),
-    "ema": (float, "momentum of the weights' EMA, used for sampling", None),
-    "ema_warmup": (
-        float,
-        "EMA warm-up: momentum min(ema, (1 + t) / "
-        "(ema_warmup + t)) at step t (0: constant)",
-        None,
-    ),
-    "widths": (int_list, "UNet channels per resolution", None),
-    "block_depth": (int, "residual blocks per UNet resolution", None),
-    "attention": (int_list, "resolutions with self-attention ('' for none)", None),
-    "num_heads": (int, "heads of the attention blocks", None),
-    "dropout": (float, "dropout rate of the residual blocks", None),
-    "sampling_steps": (int, "sampler steps of the sample grids", None),
-    "eval_sampling_steps": (int, "sampler steps of the KID/FID samples", None),
-    "eval_images": (int, "generated images per KID/FID evaluation", None),
-    "eval_real_images": (int, "real images of the KID/FID reference", None),
-    "grid_images": (int, "images per sample grid", None),
-    "assignment": (
-        str,
-        "noise assignment: none (plain training), linear (paper 1) or knn (paper 2)",
-        ("none", "linear", "knn"),
-    ),
-    "k": (int, "candidates per image of --assignment knn", None),
+    "seed": (int, "seed of weights, noise, data order and sampling"),
+    "image_size": (COUNT, "side of the training images"),
+    "batch_size": (COUNT, "images per training step"),
+    "steps": (COUNT, "optimizer steps (rounded up to whole epochs)"),
+    "eval_every": (COUNT, "steps between evaluations, grids and backups: an epoch"),
+    "learning_rate": (checked(float, "> 0", lambda v: v > 0), "learning rate"),
+    "warmup_steps": (checked(int, ">= 0", lambda v: v >= 0), "linear warm-up steps"),
+    "weight_decay": (AT_LEAST_0, "decoupled weight decay"),
+    "grad_clip": (AT_LEAST_0, "global gradient-norm clipping (0: none)"),
+    "ema": (SHARE, "momentum of the weights' EMA, used for sampling"),
+    "widths": (checked(int_list, "> 0", lambda v: v and min(v) > 0), "UNet widths"),
+    "block_depth": (COUNT, "residual blocks per UNet resolution"),
+    "attention": (int_list, "resolutions with self-attention ('' for none)"),
+    "dropout": (SHARE, "dropout rate of the residual blocks"),
+    "sampling_steps": (COUNT, "sampler steps of the sample grids"),
+    "eval_images": (COUNT, "generated images per KID/FID evaluation"),
+    "eval_real_images": (COUNT, "real images of the KID/FID reference"),
+    "grid_images": (COUNT, "images per sample grid"),
+    "assignment": (str, "noise assignment", ("none", "linear", "knn")),
+    "k": (COUNT, "candidates per image of --assignment knn"),
     "solver": (str, "solver of --assignment linear", ("scipy", "auction")),
     "distance": (str, "distance of --assignment linear", ("l2", "sq_l2")),
-    "quantize": (bool, "--assignment linear distances in float16", None),
+    "quantize": (bool, "--assignment linear distances in float16"),
+    "data_dir": (str, "tensorflow-datasets folder of the data; never downloads"),
+    "inception_weights": (str, "KID/FID weights: imagenet, a weights file or none"),
 }
-POSITIVE = """image_size batch_size steps eval_every block_depth num_heads
-sampling_steps eval_sampling_steps eval_images eval_real_images grid_images
-k""".split()
+SEED = Default(0, "any; compare arms with the same seed")
+# Paper-defaults shared by the CIFAR-10 examples' tables.
+PAPER1 = "paper 1, Li et al. 2024, arXiv 2406.12303"
+PAPER1_ASSIGNMENT = {
+    "assignment": Default("linear", PAPER1),
+    "k": Default(4, "paper 2, arXiv 2505.18521, for 32x32 images"),
+    "solver": Default("scipy", PAPER1 + ": scipy on the host"),
+    "distance": Default("l2", PAPER1),
+    "quantize": Default(True, PAPER1 + ": float16 distances"),
+}
+CIFAR10_EVALUATION = {
+    "eval_images": Default(10_000, "this example's choice", quick=16),
+    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
+    "grid_images": Default(64, "this example's choice", quick=16),
+}
+REAL_DATA = {
+    "data_dir": Default(None, "tensorflow-datasets' ~/tensorflow_datasets"),
+    "inception_weights": Default("imagenet", "Keras' ImageNet weights, fetched once"),
+}
+
+
+HELP = "Keras backend (default: $KERAS_BACKEND, else tensorflow)"
 
 
 def _show(value):
     return ",".join(map(str, value)) or "''" if isinstance(value, tuple) else value
 
 
-def parse_args(
-    argv,
-    description,
-    config,
-    extra_flags=None,
-    output_name="run",
-    real_data=True,
-):
-    """Parses `argv` into an `argparse.Namespace`, defaults from `config`.
-
-    Args:
-        argv: the arguments (`None`: `sys.argv[1:]`).
-        description: the example's docstring, shown by `--help`.
-        config: `{name: Default}`, the example's hyperparameters.
-        extra_flags: `{name: (type, help, choices)}` for the example's own
-            hyperparameters (in addition to `FLAGS`).
-        output_name: the default output folder is `outputs/NAME` (`_quick` added
-            with `--quick`).
-        real_data: add `--data-dir` and `--inception-weights`.
-    """
-    flags = dict(FLAGS, **(extra_flags or {}))
-    default_output = os.path.join("outputs", output_name)
+def parse_args(argv, description, config, extra_flags=None, name="run", real_data=True):
+    """Parses `argv` (`None`: `sys.argv[1:]`) with `config`'s defaults, for
+    the flags of `FLAGS` and `extra_flags` (`{name: (type, help[, choices])}`);
+    `--output` defaults to `outputs/NAME` (`_quick` added with `--quick`);
+    `real_data` adds `REAL_DATA`'s flags."""
+    flags, output = dict(FLAGS, **(extra_flags or {})), os.path.join("outputs", name)
+    config = dict({"seed": SEED}, **(REAL_DATA if real_data else {}), **config)
     parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--backend",
-        choices=("tensorflow", "jax", "torch"),
-        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
-        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run of seconds on a CPU: the --quick values below "
-        "(explicit flags still win)",
-    )
-    parser.add_argument(
-        "--output",
-        help=f"output folder (default: {default_output}, {default_output}_quick)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --output from its backup, where it stopped",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of weights, noise, data order and sampling (default: 0)",
-    )
-    if real_data:
-        parser.add_argument(
-            "--data-dir",
-            help="tensorflow-datasets folder where the data "
-            "is prepared (default: ~/tensorflow_datasets); never downloads",
-        )
-        parser.add_argument(
-            "--inception-weights",
-            default="imagenet",
-            help="Inception-V3 weights of KID/FID: imagenet (downloaded once "
-            "by Keras), a local InceptionV3(include_top=False) weights file, "
-            "or none (random weights: smoke tests only)",
-        )
-    for name, default in config.items():
-        kind, text, choices = flags[name]
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    backends = ("tensorflow", "jax", "torch")
+    parser.add_argument("--backend", choices=backends, default=backend, help=HELP)
+    text = "a smoke run of seconds on a CPU: the --quick values (flags still win)"
+    parser.add_argument("--quick", action="store_true", help=text)
+    parser.add_argument("--output", help=f"output folder ({output}, {output}_quick)")
+    text = "continue the run in --output from its backup, where it stopped"
+    parser.add_argument("--resume", action="store_true", help=text)
+    for key, default in config.items():
+        kind, text, choices = (*flags[key], None)[:3]
         text += f"; default: {_show(default.value)} ({default.source})"
         if default.quick != default.value:
             text += f"; --quick: {_show(default.quick)}"
-        flag = "--" + name.replace("_", "-")
+        text = text.replace("%", "%%")  # argparse formats help with %
+        flag = "--" + key.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
             parser.add_argument(flag, type=kind, choices=choices, help=text)
     args = parser.parse_args(argv)
-    for name, default in config.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default.quick if args.quick else default.value)
-    if args.output is None:
-        args.output = default_output + ("_quick" if args.quick else "")
-    _check(args, parser)
+    for key, default in config.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default.quick if args.quick else default.value)
+    args.output = args.output or output + ("_quick" if args.quick else "")
+    if real_data and args.quick and args.image_size not in (8, 16, 32):
+        parser.error("--image-size must be 8, 16 or 32 with --quick (the digits).")
     return args
 
 
-def _check(args, parser):
-    """Rejects values that cannot work, naming the flag."""
-
-    def bad(name, expected):
-        value = getattr(args, name)
-        parser.error(
-            f"--{name.replace('_', '-')} must be {expected}, got {_show(value)}."
-        )
-
-    for name in POSITIVE:
-        if getattr(args, name, 1) < 1:
-            bad(name, ">= 1")
-    for name in ("warmup_steps", "weight_decay", "grad_clip"):
-        if getattr(args, name, 0) < 0:
-            bad(name, ">= 0")
-    if not getattr(args, "learning_rate", 1) > 0:
-        bad("learning_rate", "> 0")
-    if not 0 <= getattr(args, "ema", 0) < 1:
-        bad("ema", "in [0, 1)")
-    if getattr(args, "ema_warmup", 0) not in (0,) and args.ema_warmup < 1:
-        bad("ema_warmup", "0 (none) or >= 1")
-    if not 0 <= getattr(args, "dropout", 0) < 1:
-        bad("dropout", "in [0, 1)")
-    if hasattr(args, "widths") and (not args.widths or min(args.widths) < 1):
-        bad("widths", "positive integers")
-    if args.quick and args.image_size not in (8, 16, 32):
-        bad("image_size", "8, 16 or 32 with --quick (the digits, upsampled)")
-
-
-def select_backend(backend):
-    """Selects the Keras backend (before Keras is imported) and imports
-    TensorFlow (every backend uses it for `tf.data`) without its start-up
-    lines: `TF_CPP_MIN_LOG_LEVEL=2` (unless set) hides its INFO and WARNING
-    logs, and the oneDNN notice, which TensorFlow 2.21 prints whatever that
-    variable says, goes to a temporary file (printed if the import fails)."""
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.backend.backend() != backend:
-            raise ValueError(
-                f"--backend {backend}: Keras is already imported with the "
-                f"{keras.backend.backend()} backend in this process."
-            )
-    os.environ["KERAS_BACKEND"] = backend
+def start(args):
+    """Empties `OUTPUT/backup` (or, with `--resume`, checks it holds a
+    backup), selects the backend, imports TensorFlow (`tf.data`, on every
+    backend) with its start-up lines hidden (the oneDNN notice is printed
+    whatever `TF_CPP_MIN_LOG_LEVEL` says), seeds Keras, starts the clock
+    (`args.start_time`) and returns the backup's `BackupAndRestore`."""
+    path = os.path.join(args.output, "backup")
+    if args.resume and not os.path.exists(f"{path}/training_metadata.json"):
+        raise FileNotFoundError(f"--resume: no backup in {path!r}; run without.")
+    if not args.resume and os.path.exists(path):
+        print(f"Note: starting over in {args.output} (--resume continues).")
+        shutil.rmtree(path)  # or `fit` would resume from it
+    os.makedirs(args.output, exist_ok=True)
+    os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return
     stderr = os.dup(2)
     with tempfile.TemporaryFile("w+") as lines:
         os.dup2(lines.fileno(), 2)
@@ -247,139 +168,113 @@ def select_backend(backend):
         finally:
             os.dup2(stderr, 2)
             os.close(stderr)
+    import keras
 
+    import keras_immiscible as ki
 
-def backup_dir(args):
-    """`OUTPUT/backup`, the folder of `ki.callbacks.BackupAndRestore`.
-
-    With `--resume` it must hold a backup. Without, a backup left there by
-    an earlier run is removed (`fit` would resume from it otherwise).
-    """
-    path = os.path.join(args.output, "backup")
-    has_backup = os.path.exists(os.path.join(path, "training_metadata.json"))
-    if args.resume and not has_backup:
-        raise FileNotFoundError(
-            f"--resume: no backup in {path!r}. Run without --resume first "
-            "(with the same --output)."
-        )
-    if not args.resume and os.path.exists(path):
-        print(
-            f"Note: starting over in {args.output} (--resume continues the run there).",
-            flush=True,
-        )
-        shutil.rmtree(path)
-    os.makedirs(args.output, exist_ok=True)
-    return path
+    if keras.backend.backend() != args.backend:
+        raise ValueError(f"--backend {args.backend}: Keras runs another already.")
+    args.start_time = time.time()
+    keras.utils.set_random_seed(args.seed)
+    backup = ki.callbacks.BackupAndRestore(path, delete_checkpoint=False)
+    args.initial_step = backup.initial_step  # 0: a new run
+    if args.initial_step:
+        print(f"Resuming {path} at step {args.initial_step}.", flush=True)
+    return backup
 
 
 def digits_features(image_size):
-    """KID/FID features of the digits upsampled to `image_size` (any
-    channels): each image is averaged over its upsampling blocks and
-    channels, which gives back the 8x8 digit of a nearest upsampling
-    exactly, then mapped to the 64 penultimate features of the library's
-    digits classifier (`ki.metrics.digits_feature_extractor`)."""
+    """KID/FID features of digits upsampled to `image_size` (any channels):
+    each image averaged over its upsampling blocks and channels (the 8x8
+    digit again), through the library's digits classifier."""
     import keras_immiscible as ki
 
-    classifier = ki.metrics.digits_feature_extractor()
-    factor = image_size // 8
+    classifier, f = ki.metrics.digits_feature_extractor(), image_size // 8
 
     def features(images):
         x = ki.metrics.feature_extractors.images_to_unit_float(images, "x")
-        n, channels = x.shape[0], x.shape[-1]
-        x = x.reshape(n, 8, factor, 8, factor, channels).mean(axis=(2, 4, 5))
+        x = x.reshape(len(x), 8, f, 8, f, x.shape[-1]).mean(axis=(2, 4, 5))
         return classifier(x[..., None])
 
     return ki.metrics.CallableFeatureExtractor(features, batch_size=256)
 
 
-def start(args):
-    """Selects the backend, seeds Keras, starts the clock (`args.start_time`)
-    and returns the run's `ki.callbacks.BackupAndRestore` (in `backup_dir`),
-    noting the step it resumes at in `args.initial_step` (0: a new run)."""
-    select_backend(args.backend)
-    import keras
-
-    import keras_immiscible as ki
-
-    args.start_time = time.time()
-    keras.utils.set_random_seed(args.seed)
-    backup = ki.callbacks.BackupAndRestore(backup_dir(args), delete_checkpoint=False)
-    args.initial_step = backup.initial_step  # > 0: --resume continues there
-    return backup
-
-
 def image_data(args, load, real_split="train", flip=False):
-    """`(train, real, features)`: endless training batches of `load`'s
-    default split (a `ki.data` loader, at `--image-size`, flipped at random
-    with `flip`), the KID/FID reference `real_split` and its Inception-V3
-    features (built now: missing weights fail before training). `--quick`:
-    the embedded digits in 3 channels, scored on the digits classifier. A
-    resumed run continues the digits' stream exactly; the tensorflow-datasets
-    shuffle cannot be positioned, so it reshuffles."""
+    """`(train, real, features)`: endless batches of `load` (a `ki.data`
+    loader), the KID/FID reference `real_split` and its Inception-V3
+    features (built now: missing weights fail at once). `--quick`: the
+    digits in 3 channels, whose stream a resumed run continues exactly (the
+    tfds shuffle cannot be positioned: it restarts, reseeded)."""
     import numpy as np
 
     import keras_immiscible as ki
 
-    size, batch_size, seed = args.image_size, args.batch_size, args.seed
-    initial_step = args.initial_step
+    size, batch_size = args.image_size, args.batch_size
+    seed, step = args.seed, args.initial_step
     if args.quick:
         real = np.repeat(ki.data.load_digits(image_size=size), 3, axis=-1)
-        train = ki.data.from_numpy(real, batch_size, seed=seed)
-        return train.repeat().skip(initial_step), real, digits_features(size)
+        train = ki.data.from_numpy(real, batch_size, seed=seed).repeat().skip(step)
+        return train, real, digits_features(size)
     options = {"image_size": size, "data_dir": args.data_dir}
-    train = load(batch_size=batch_size, flip=flip, seed=seed + initial_step, **options)
-    real = load(
-        real_split,
-        batch_size=250,
-        shuffle=False,
-        cache=False,
-        drop_remainder=False,
-        **options,
-    )
-    weights = args.inception_weights
-    features = ki.metrics.InceptionFeatureExtractor(
-        None if weights == "none" else weights
-    )
-    _ = features.model  # built now: missing weights fail before training
+    train = load(batch_size=batch_size, flip=flip, seed=seed + step, **options)
+    options.update(shuffle=False, cache=False, drop_remainder=False)
+    real = load(real_split, batch_size=250, **options)
+    weights = None if args.inception_weights == "none" else args.inception_weights
+    features = ki.metrics.InceptionFeatureExtractor(weights)
+    _ = features.model  # built now
     return train.repeat(), real, features
 
 
+def unet(args, channels=3, **options):
+    """`ki.layers.UNet` for (--image-size, --image-size, `channels`) images
+    with the table's --widths, --block-depth and, where the table has them,
+    --attention, --num-heads and --dropout (and any fixed `options`)."""
+    import keras_immiscible as ki
+
+    names = {"attention_resolutions": "attention", "num_heads": "num_heads"}
+    names["dropout"] = "dropout"
+    options.update(
+        {key: getattr(args, n) for key, n in names.items() if hasattr(args, n)}
+    )
+    shape, widths = (args.image_size, args.image_size, channels), args.widths
+    return ki.layers.UNet(shape, widths, args.block_depth, **options)
+
+
 def noise_assignment(args):
-    """The assigner of `--assignment`: `None` (plain training),
-    `KNNSelection(k=--k)` or `LinearAssignment` with `--solver`,
-    `--distance` and `--quantize` where the example has them (else the
-    library's defaults: exact scipy solver, squared L2)."""
+    """`--assignment`'s assigner: `None`, `KNNSelection(k=--k)` or
+    `LinearAssignment` with the `--solver`, `--distance` and `--quantize`
+    the example has (else the library's: exact scipy solver, squared L2)."""
     import keras_immiscible as ki
 
     if args.assignment != "linear":
-        return (
-            ki.assignment.KNNSelection(k=args.k) if args.assignment == "knn" else None
-        )
+        return ki.assignment.KNNSelection(args.k) if args.assignment == "knn" else None
     names = {"solver": "solver", "metric": "distance", "quantize": "quantize"}
-    options = {key: getattr(args, name, None) for key, name in names.items()}
-    return ki.assignment.LinearAssignment(
-        **{key: value for key, value in options.items() if value is not None}
+    options = {key: getattr(args, n) for key, n in names.items() if hasattr(args, n)}
+    return ki.assignment.LinearAssignment(**options)
+
+
+def adam(args):
+    """The CIFAR-10 codes' Adam: `--learning-rate` after a linear warm-up of
+    `--warmup-steps`, gradient clipping `--grad-clip` (where the table has
+    it), an EMA of momentum `--ema` for sampling."""
+    import keras
+
+    rate, steps = args.learning_rate, args.warmup_steps
+    if steps:  # cosine decay with alpha 1: constant after the warm-up
+        cosine = keras.optimizers.schedules.CosineDecay
+        rate = cosine(0.0, 1, alpha=1.0, warmup_target=rate, warmup_steps=steps)
+    clip = getattr(args, "grad_clip", 0) or None
+    return keras.optimizers.Adam(
+        rate, global_clipnorm=clip, use_ema=True, ema_momentum=args.ema
     )
 
 
-def warmup(args):
-    """`--learning-rate` after a linear warm-up from 0 over `--warmup-steps`."""
-    import keras
-
-    learning_rate, steps = args.learning_rate, args.warmup_steps
-    if not steps:
-        return learning_rate
-    cosine = keras.optimizers.schedules.CosineDecay  # alpha 1: then constant
-    return cosine(0.0, 1, alpha=1.0, warmup_target=learning_rate, warmup_steps=steps)
-
-
-def evaluation_callbacks(args, model, real, features):
-    """What every example does at the end of an epoch (`--eval-every` steps),
-    in this order: KID/FID (`val_kid`, `val_fid`, with the EMA weights) on
-    `--eval-images` samples of `--eval-sampling-steps` (else
-    `--sampling-steps`) steps against `real` (`--eval-real-images` of them,
-    else all), a sample grid in `OUTPUT/samples`, the optimizer step and the
-    wall time into the logs, and `OUTPUT/log.csv`."""
+def fit_options(model, args, backup, real, features):
+    """`fit`'s epochs (of `--eval-every` steps; `--steps` rounded up), its
+    output (a progress bar on a terminal) and the callbacks at the end of
+    each: KID/FID against `real` (EMA weights), a grid in `OUTPUT/samples`,
+    step and wall time, `log.csv`, `backup` (before the checkpoint: a NaN
+    stops `fit` there) and `checkpoints/last.keras`."""
     import keras
 
     import keras_immiscible as ki
@@ -388,8 +283,7 @@ def evaluation_callbacks(args, model, real, features):
         logs["step"] = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         logs["wall_time"] = round(time.time() - args.start_time, 2)
 
-    grids = os.path.join(args.output, "samples", "epoch_{epoch:04d}.png")
-    return [
+    callbacks = [
         ki.callbacks.GenerativeEvaluation(
             real,
             metrics=["kid", "fid"],
@@ -402,32 +296,30 @@ def evaluation_callbacks(args, model, real, features):
             verbose=0,
         ),
         ki.callbacks.SampleGrid(
-            grids,
+            os.path.join(args.output, "samples", "epoch_{epoch:04d}.png"),
             num_images=args.grid_images,
             steps=args.sampling_steps,
             seed=args.seed,
             scale=max(1, 32 // args.image_size),
         ),
         keras.callbacks.LambdaCallback(on_epoch_end=log_step_and_time),
-        keras.callbacks.CSVLogger(
-            os.path.join(args.output, "log.csv"), append=args.resume
-        ),
+        keras.callbacks.CSVLogger(f"{args.output}/log.csv", append=args.resume),
+        backup,
+        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
     ]
-
-
-def fit_options(args):
-    """`fit`'s `epochs`, `steps_per_epoch` and `verbose`: a Keras epoch is
-    `--eval-every` steps, `--steps` rounded up to whole epochs; a progress
-    bar on a terminal, a line per epoch elsewhere."""
     epochs, verbose = -(-args.steps // args.eval_every), 2 - sys.stdout.isatty()
-    return dict(epochs=epochs, steps_per_epoch=args.eval_every, verbose=verbose)
+    return dict(
+        epochs=epochs,
+        steps_per_epoch=args.eval_every,
+        verbose=verbose,
+        callbacks=callbacks,
+    )
 
 
 def finish(model, args):
-    """Generates `--grid-images` with the EMA weights (`fit` leaves them in
-    the model), saves their grid (`OUTPUT/samples.png`) and the model
-    (`OUTPUT/model.keras`), prints the run's summary line (step, time, last
-    KID/FID) and returns `main`'s result: the model, the step it resumed at."""
+    """Saves `--grid-images` samples of the EMA weights (which `fit` leaves
+    in the model) as `OUTPUT/samples.png` and the model as `model.keras`,
+    prints the summary line and returns `{"model", "initial_step"}`."""
     import keras
 
     from keras_immiscible.utils.images import save_image_grid
@@ -440,15 +332,10 @@ def finish(model, args):
     model.save(os.path.join(args.output, "model.keras"))
     history = getattr(model.history, "history", None) or {}
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    scores = [
-        f"{name} {history[key][-1]:.4g}"
-        for name, key in (("KID", "val_kid"), ("FID", "val_fid"))
-        if history.get(key)
-    ]
-    print(
-        f"Trained {type(model).__name__} to step {step} in "
-        f"{time.time() - args.start_time:.0f} s; "
-        f"{', '.join(scores) or 'no new KID/FID'}. Samples: {path}.",
-        flush=True,
-    )
+    keys = [key for key in ("val_kid", "val_fid") if history.get(key)]
+    scores = ", ".join(f"{key[4:].upper()} {history[key][-1]:.4g}" for key in keys)
+    seconds = time.time() - args.start_time
+    scores = scores or "no new KID/FID"
+    print(f"Trained {type(model).__name__} to step {step} in {seconds:.0f} s; ", end="")
+    print(f"{scores}. Samples: {path}.", flush=True)
     return {"model": model, "initial_step": args.initial_step}

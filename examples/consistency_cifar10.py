@@ -48,7 +48,7 @@ below mixes the two, and says which number comes from where:
 import common
 from common import Default
 
-PAPER1 = "paper 1, Li et al. 2024, arXiv 2406.12303"
+PAPER1 = common.PAPER1
 CT = "openai/consistency_models_cifar10 configs/cifar10_ve_ct_adaptive.py"
 ICT = "iCT, Song & Dhariwal 2023"
 OURS = "this example's choice"
@@ -68,14 +68,8 @@ CONFIG = {
     "initial_levels": Default(10, ICT),
     "final_levels": Default(1280, ICT),
     "sampling_steps": Default(1, CT + ": one-step sampling"),
-    "eval_images": Default(10_000, OURS, quick=16),
-    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
-    "grid_images": Default(64, OURS, quick=16),
-    "assignment": Default("linear", PAPER1),
-    "k": Default(4, "paper 2, arXiv 2505.18521, for 32x32 images"),
-    "solver": Default("scipy", PAPER1 + ": scipy on the host"),
-    "distance": Default("l2", PAPER1),
-    "quantize": Default(True, PAPER1 + ": float16 distances"),
+    **common.CIFAR10_EVALUATION,  # KID/FID of 10,000 samples, grids of 64
+    **common.PAPER1_ASSIGNMENT,  # linear (scipy, float16 L2); knn: k = 4
 }
 EXTRA_FLAGS = {
     "loss": (str, "training loss", ("pseudo_huber", "mse")),
@@ -90,9 +84,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    backup = common.start(args)  # backend, seed, clock, args.initial_step
-    import keras
-
+    backup = common.start(args)  # backend, seed, clock, the --resume backup
     import keras_immiscible as ki
 
     # Data: CIFAR-10's training images, flipped at random, as endless
@@ -102,36 +94,23 @@ def main(argv=None):
 
     # Network and model: iCT (pseudo-Huber loss, lognormal noise levels, a
     # curriculum of 10 -> 1280 levels over the whole run), one-step sampling.
-    network = ki.layers.UNet(
-        (args.image_size, args.image_size, 3),
-        widths=args.widths,
-        block_depth=args.block_depth,
-        attention_resolutions=args.attention,
-    )
+    network = common.unet(args)
     model = ki.ImmiscibleConsistency(
         network,
+        assignment=common.noise_assignment(args),  # --assignment, its flags
+        seed=args.seed,
         total_training_steps=-(-args.steps // args.eval_every) * args.eval_every,
         initial_levels=args.initial_levels,
         final_levels=args.final_levels,
         loss_type=args.loss,
-        assignment=common.noise_assignment(args),  # --assignment, its flags
-        seed=args.seed,
     )
     # Adam (the CT config's RAdam is not in Keras) with its linear warm-up,
-    # no gradient clipping, EMA for sampling.
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            common.warmup(args), use_ema=True, ema_momentum=args.ema
-        )
-    )
+    # no gradient clipping, EMA for sampling (common.adam).
+    model.compile(optimizer=common.adam(args))
 
-    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
-    # sample grids, step and time, log.csv (common.py), then the backup.
-    callbacks = common.evaluation_callbacks(args, model, real, features) + [
-        backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
-    ]
-    model.fit(train, callbacks=callbacks, **common.fit_options(args))
+    # Fit, in epochs of `--eval-every` steps, at the end of each: KID/FID,
+    # a sample grid, log.csv, the backup and a checkpoint (common.py).
+    model.fit(train, **common.fit_options(model, args, backup, real, features))
 
     # Generate with the EMA weights, save the grid and the model.
     return common.finish(model, args)

@@ -45,7 +45,7 @@ Where the defaults come from (also in `--help`):
 import common
 from common import Default
 
-PAPER1 = "paper 1, Li et al. 2024, arXiv 2406.12303"
+PAPER1 = common.PAPER1
 DDPM_TORCH = "tqch/ddpm-torch configs/cifar10.json, the DDIM code of paper 1"
 OURS = "this example's choice"
 
@@ -65,14 +65,8 @@ CONFIG = {
     "attention": Default((16,), DDPM_TORCH, quick=()),
     "dropout": Default(0.1, DDPM_TORCH, quick=0.0),
     "sampling_steps": Default(50, "a common DDIM setting; unverified", quick=5),
-    "eval_images": Default(10_000, OURS, quick=16),
-    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
-    "grid_images": Default(64, OURS, quick=16),
-    "assignment": Default("linear", PAPER1),
-    "k": Default(4, "paper 2, arXiv 2505.18521, for 32x32 images"),
-    "solver": Default("scipy", PAPER1 + ": scipy on the host"),
-    "distance": Default("l2", PAPER1),
-    "quantize": Default(True, PAPER1 + ": float16 distances"),
+    **common.CIFAR10_EVALUATION,  # KID/FID of 10,000 samples, grids of 64
+    **common.PAPER1_ASSIGNMENT,  # linear (scipy, float16 L2); knn: k = 4
 }
 
 
@@ -82,9 +76,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    backup = common.start(args)  # backend, seed, clock, args.initial_step
-    import keras
-
+    backup = common.start(args)  # backend, seed, clock, the --resume backup
     import keras_immiscible as ki
 
     # Data: CIFAR-10's training images, flipped at random, as endless
@@ -93,38 +85,22 @@ def main(argv=None):
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
     # Network and model: ddpm-torch's linear betas, epsilon target, DDIM.
-    network = ki.layers.UNet(
-        (args.image_size, args.image_size, 3),
-        widths=args.widths,
-        block_depth=args.block_depth,
-        attention_resolutions=args.attention,
-        dropout=args.dropout,
-    )
+    network = common.unet(args)
     model = ki.ImmiscibleDiffusion(
         network,
+        assignment=common.noise_assignment(args),  # --assignment, its flags
+        seed=args.seed,
         schedule=ki.schedules.LinearBeta(1000, beta_start=1e-4, beta_end=0.02),
         prediction="epsilon",
         sampler=ki.samplers.DDIM(eta=0.0),
-        assignment=common.noise_assignment(args),  # --assignment, its flags
-        seed=args.seed,
     )
-    # ddpm-torch's Adam: linear warm-up, gradient clipping, EMA for sampling.
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            common.warmup(args),
-            global_clipnorm=args.grad_clip or None,
-            use_ema=True,
-            ema_momentum=args.ema,
-        )
-    )
+    # ddpm-torch's Adam: linear warm-up, gradient clipping, EMA for sampling
+    # (common.adam: --learning-rate, --warmup-steps, --grad-clip, --ema).
+    model.compile(optimizer=common.adam(args))
 
-    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
-    # sample grids, step and time, log.csv (common.py), then the backup.
-    callbacks = common.evaluation_callbacks(args, model, real, features) + [
-        backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
-    ]
-    model.fit(train, callbacks=callbacks, **common.fit_options(args))
+    # Fit, in epochs of `--eval-every` steps, at the end of each: KID/FID,
+    # a sample grid, log.csv, the backup and a checkpoint (common.py).
+    model.fit(train, **common.fit_options(model, args, backup, real, features))
 
     # Generate with the EMA weights, save the grid and the model.
     return common.finish(model, args)

@@ -65,7 +65,10 @@ CONFIG = {
     "assignment": Default("linear", "this example's point (paper 1)"),
     "k": Default(8, "KNNSelection's default"),
 }
-EXTRA_FLAGS = {"loss": (str, "training loss", ("mae", "mse"))}
+EXTRA_FLAGS = {
+    "loss": (str, "training loss", ("mae", "mse")),
+    "eval_sampling_steps": (common.COUNT, "sampler steps of the KID/FID samples"),
+}
 
 
 def parse_args(argv=None):
@@ -74,7 +77,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    backup = common.start(args)  # backend, seed, clock, args.initial_step
+    backup = common.start(args)  # backend, seed, clock, the --resume backup
     import keras
 
     import keras_immiscible as ki
@@ -90,22 +93,17 @@ def main(argv=None):
 
     # Network and model: the keras.io example's UNet, cosine schedule with
     # signal rates in [0.02, 0.95], noise prediction, MAE, DDIM sampling.
-    network = ki.layers.UNet(
-        (args.image_size, args.image_size, 3),
-        widths=args.widths,
-        block_depth=args.block_depth,
-        embedding_dims=32,
-    )
+    network = common.unet(args, embedding_dims=32)
     model = ki.ImmiscibleDiffusion(
         network,
+        assignment=common.noise_assignment(args),  # none: the keras.io example
+        seed=args.seed,
         schedule=ki.schedules.CosineSchedule(
             min_signal_rate=0.02, max_signal_rate=0.95
         ),
         prediction="epsilon",
         sampler=ki.samplers.DDIM(eta=0.0),
         loss_type=args.loss,
-        assignment=common.noise_assignment(args),  # none: the keras.io example
-        seed=args.seed,
     )
     # The keras.io example's AdamW, with Keras' EMA for sampling.
     model.compile(
@@ -117,13 +115,9 @@ def main(argv=None):
         )
     )
 
-    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
-    # sample grids, step and time, log.csv (common.py), then the backup.
-    callbacks = common.evaluation_callbacks(args, model, real, features) + [
-        backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
-    ]
-    model.fit(train, callbacks=callbacks, **common.fit_options(args))
+    # Fit, in epochs of `--eval-every` steps, at the end of each: KID/FID,
+    # a sample grid, log.csv, the backup and a checkpoint (common.py).
+    model.fit(train, **common.fit_options(model, args, backup, real, features))
 
     # Generate with the EMA weights, save the grid and the model.
     return common.finish(model, args)

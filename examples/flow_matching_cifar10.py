@@ -62,16 +62,13 @@ CONFIG = {
     "time_sampling": Default("uniform", "torchcfm"),
     "sampler": Default("euler", EULER),
     "sampling_steps": Default(50, EULER, quick=5),
-    "eval_images": Default(10_000, OURS, quick=16),
-    "eval_real_images": Default(50_000, "the CIFAR-10 training set", quick=256),
-    "grid_images": Default(64, OURS, quick=16),
+    **common.CIFAR10_EVALUATION,  # KID/FID of 10,000 samples, grids of 64
+    **common.PAPER1_ASSIGNMENT,  # linear: paper 1's (scipy, float16 L2)
     "assignment": Default("knn", PAPER2),
     "k": Default(4, PAPER2 + " and its code"),
-    "solver": Default("scipy", "paper 1, for --assignment linear"),
-    "distance": Default("l2", "paper 1, for --assignment linear"),
-    "quantize": Default(True, "paper 1, for --assignment linear"),
 }
 EXTRA_FLAGS = {
+    "num_heads": (common.COUNT, "heads of the attention blocks"),
     "time_sampling": (
         str,
         "distribution of the training times",
@@ -89,9 +86,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    backup = common.start(args)  # backend, seed, clock, args.initial_step
-    import keras
-
+    backup = common.start(args)  # backend, seed, clock, the --resume backup
     import keras_immiscible as ki
 
     # Data: CIFAR-10's training images, flipped at random, as endless
@@ -101,38 +96,21 @@ def main(argv=None):
 
     # Network and model: straight paths x_t = (1 - t) x0 + t eps, velocity
     # target (torchcfm's), KNN-selected noise, Euler sampling.
-    network = ki.layers.UNet(
-        (args.image_size, args.image_size, 3),
-        widths=args.widths,
-        block_depth=args.block_depth,
-        attention_resolutions=args.attention,
-        num_heads=args.num_heads,
-        dropout=args.dropout,
-    )
+    network = common.unet(args)
     model = ki.ImmiscibleFlowMatching(
         network,
-        time_sampling=args.time_sampling,
-        sampler=args.sampler,
         assignment=common.noise_assignment(args),  # --assignment, its flags
         seed=args.seed,
+        time_sampling=args.time_sampling,
+        sampler=args.sampler,
     )
-    # torchcfm's Adam: linear warm-up, gradient clipping, EMA for sampling.
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            common.warmup(args),
-            global_clipnorm=args.grad_clip or None,
-            use_ema=True,
-            ema_momentum=args.ema,
-        )
-    )
+    # torchcfm's Adam: linear warm-up, gradient clipping, EMA for sampling
+    # (common.adam: --learning-rate, --warmup-steps, --grad-clip, --ema).
+    model.compile(optimizer=common.adam(args))
 
-    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
-    # sample grids, step and time, log.csv (common.py), then the backup.
-    callbacks = common.evaluation_callbacks(args, model, real, features) + [
-        backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
-    ]
-    model.fit(train, callbacks=callbacks, **common.fit_options(args))
+    # Fit, in epochs of `--eval-every` steps, at the end of each: KID/FID,
+    # a sample grid, log.csv, the backup and a checkpoint (common.py).
+    model.fit(train, **common.fit_options(model, args, backup, real, features))
 
     # Generate with the EMA weights, save the grid and the model.
     return common.finish(model, args)

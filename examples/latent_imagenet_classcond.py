@@ -143,12 +143,13 @@ real run writes, in `--output`:
 - after training: `samples_guidance_G.png` (EMA weights) and `model.keras`.
 """
 
-import argparse
 import contextlib
 import os
-import shutil
 import sys
 import time
+
+import common
+from common import Default
 
 OFFICIAL = "official code, Linear_Assignment-stable_diffusion/train_scratch.sh"
 OFFICIAL_KNN = "official code, KNN-stable_diffusion/conditional_scratch_train_sd.py"
@@ -156,144 +157,85 @@ DIFFUSERS_UNET = "diffusers UNet2DConditionModel defaults, built by the official
 DIT_CLASSES = (207, 360, 387, 974, 88, 979, 417, 279)
 NUM_CLASSES = 1000
 
-# name: (default, --quick value, source). argparse leaves the flags at None,
-# and `parse_args` fills in the column of the mode.
-DEFAULTS = {
-    "image_size": (256, 16, OFFICIAL + " (--resolution=256)"),
-    "batch_size": (2048, 16, OFFICIAL + " (256 per GPU x 8 GPUs)"),
-    "steps": (20_000, 4, OFFICIAL + " (--max_train_steps=20000)"),
-    "eval_every": (2500, 2, OFFICIAL + " (--checkpointing_steps=2500)"),
-    "learning_rate": (1e-4, 1e-3, OFFICIAL + " (constant, no warm-up)"),
-    "weight_decay": (1e-2, 1e-2, "the diffusers script's AdamW default"),
-    "grad_clip": (1.0, 1.0, OFFICIAL + " (--max_grad_norm=1)"),
-    "ema": (0.9999, 0.9, "diffusers EMAModel default decay (--use_ema)"),
-    "assignment": ("linear", "linear", "paper 1; knn: " + OFFICIAL_KNN),
-    "k": (64, 64, OFFICIAL_KNN + " (k = 64)"),
-    "label_dropout": (0.1, 0.1, "Ho & Salimans 2022; DiT class_dropout_prob"),
-    "widths": ((320, 640, 1280, 1280), (8, 16), DIFFUSERS_UNET),
-    "block_depth": (2, 1, DIFFUSERS_UNET + " (layers_per_block=2)"),
-    "attention": ((32, 16, 8), (), DIFFUSERS_UNET + " (3 attention levels)"),
-    "heads": (8, 1, DIFFUSERS_UNET + " (attention_head_dim=8)"),
-    "groups": (32, 4, DIFFUSERS_UNET + " (norm_num_groups=32)"),
-    "embedding_dims": (320, 8, DIFFUSERS_UNET + " (320-dim time embedding)"),
-    "sampling_steps": (20, 2, "official generate.py (20 steps, PNDM there)"),
-    "guidance_scales": (
-        (1.0, 3.0, 7.5),
-        (1.0, 3.0),
-        "1: conditional; 7.5: diffusers' default, official sampling",
+CONFIG = {
+    "image_size": Default(256, OFFICIAL + " (--resolution=256)", quick=16),
+    "batch_size": Default(2048, OFFICIAL + " (256 per GPU x 8 GPUs)", quick=16),
+    "steps": Default(20_000, OFFICIAL + " (--max_train_steps=20000)", quick=4),
+    "eval_every": Default(2500, OFFICIAL + " (--checkpointing_steps=2500)", quick=2),
+    "learning_rate": Default(1e-4, OFFICIAL + " (constant, no warm-up)", quick=1e-3),
+    "weight_decay": Default(1e-2, "the diffusers script's AdamW default"),
+    "grad_clip": Default(1.0, OFFICIAL + " (--max_grad_norm=1)"),
+    "ema": Default(0.9999, "diffusers EMAModel default decay (--use_ema)", quick=0.9),
+    "assignment": Default("linear", "paper 1; knn: " + OFFICIAL_KNN),
+    "k": Default(64, OFFICIAL_KNN + " (k = 64)"),
+    "per_class": Default(False, "the papers assign across classes"),
+    "label_dropout": Default(0.1, "Ho & Salimans 2022; DiT class_dropout_prob"),
+    "widths": Default((320, 640, 1280, 1280), DIFFUSERS_UNET, quick=(8, 16)),
+    "block_depth": Default(2, DIFFUSERS_UNET + " (layers_per_block=2)", quick=1),
+    "attention": Default((32, 16, 8), DIFFUSERS_UNET + " (3 levels)", quick=()),
+    "heads": Default(8, DIFFUSERS_UNET + " (attention_head_dim=8)", quick=1),
+    "groups": Default(32, DIFFUSERS_UNET + " (norm_num_groups=32)", quick=4),
+    "embedding_dims": Default(
+        320, DIFFUSERS_UNET + " (320-dim time embedding)", quick=8
     ),
-    "grid_classes": (DIT_CLASSES, DIT_CLASSES[:2], "DiT sample.py's classes"),
-    "images_per_class": (4, 2, "this example's choice"),
-    "shuffle_buffer": (10_000, 64, "this example's choice"),
-    "mixed_precision": ("float16", "float32", OFFICIAL + ' (--mixed_precision="fp16")'),
-    "seed": (42, 42, OFFICIAL + " (--seed=42)"),
+    "sampling_steps": Default(
+        20, "official generate.py (20 steps, PNDM there)", quick=2
+    ),
+    "guidance_scales": Default(
+        (1.0, 3.0, 7.5),
+        "1: conditional; 7.5: diffusers' default, official sampling",
+        quick=(1.0, 3.0),
+    ),
+    "grid_classes": Default(
+        DIT_CLASSES, "DiT sample.py's classes", quick=DIT_CLASSES[:2]
+    ),
+    "images_per_class": Default(4, "this example's choice", quick=2),
+    "shuffle_buffer": Default(10_000, "this example's choice", quick=64),
+    "mixed_precision": Default(
+        "float16", OFFICIAL + ' (--mixed_precision="fp16")', quick="float32"
+    ),
+    "seed": Default(42, OFFICIAL + " (--seed=42)"),
+    "data_dir": Default(None, "$TFDS_DATA_DIR or ~/tensorflow_datasets"),
+    "vae_weights": Default("download", "keras-cv's, downloaded once"),
 }
-
-
-def int_tuple(text):
-    return tuple(int(v) for v in text.split(",") if v.strip())
 
 
 def float_tuple(text):
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-
-    def flag(name, kind, help_text, **kwargs):
-        default, quick, source = DEFAULTS[name]
-        show = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=None,
-            help=f"{help_text}; default {show(default)} ({source}); "
-            f"--quick: {show(quick)}",
-            **kwargs,
-        )
-
-    parser.add_argument(
-        "--backend",
-        choices=("tensorflow", "jax", "torch"),
-        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
-        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run (< 1 min on a CPU): mock data, tiny "
-        "autoencoder and UNet, 4 steps",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from OUTPUT/backup (same flags)"
-    )
-    parser.add_argument(
-        "--output",
-        default=os.path.join("outputs", "latent_imagenet"),
-        help="output folder (default: outputs/latent_imagenet)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="tensorflow-datasets data directory holding the "
-        "prepared imagenet2012 (default: $TFDS_DATA_DIR or "
-        "~/tensorflow_datasets); nothing is downloaded",
-    )
-    parser.add_argument(
-        "--vae-weights",
-        default="download",
-        help="SD VAE weights: 'download' (keras-cv, once), a "
-        "folder with vae_encoder.h5 and kcv_decoder.h5, or "
-        "'none' (random weights: smoke tests only)",
-    )
-    parser.add_argument(
-        "--per-class",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="linear assignment within each class of the batch "
-        "(default: off, the papers assign across classes; see "
-        "docs/benchmarks/per_class_assignment.md)",
-    )
-    flag("image_size", int, "image side (a multiple of 8 with the SD VAE)")
-    flag("batch_size", int, "global batch size")
-    flag("steps", int, "optimizer steps (rounded up to whole --eval-every)")
-    flag("eval_every", int, "steps between grids, checkpoints and backups")
-    flag("learning_rate", float, "constant learning rate")
-    flag("weight_decay", float, "AdamW weight decay")
-    flag("grad_clip", float, "global gradient-norm clipping")
-    flag("ema", float, "EMA decay of the weights (warm-up (1+t)/(10+t))")
-    flag("assignment", str, "noise assignment", choices=("linear", "knn", "none"))
-    flag("k", int, "KNN candidates per latent")
-    flag("label_dropout", float, "fraction of labels dropped (for guidance)")
-    flag("widths", int_tuple, "UNet widths per resolution")
-    flag("block_depth", int, "residual blocks per resolution")
-    flag("attention", int_tuple, "latent resolutions with attention ('' for none)")
-    flag("heads", int, "attention heads")
-    flag("groups", int, "normalization groups")
-    flag("embedding_dims", int, "sinusoidal time-embedding size")
-    flag("sampling_steps", int, "DDIM steps of the grids")
-    flag("guidance_scales", float_tuple, "guidance scales, one grid each")
-    flag("grid_classes", int_tuple, "classes of the grid rows")
-    flag("images_per_class", int, "images per class in a grid")
-    flag("shuffle_buffer", int, "shuffle buffer (images)")
-    flag(
-        "mixed_precision",
+EXTRA_FLAGS = {
+    "per_class": (
+        bool,
+        "linear assignment within each class of the batch "
+        "(see docs/benchmarks/per_class_assignment.md)",
+    ),
+    "label_dropout": (common.SHARE, "fraction of labels dropped (for guidance)"),
+    "heads": (common.COUNT, "attention heads"),
+    "groups": (common.COUNT, "normalization groups"),
+    "embedding_dims": (common.COUNT, "sinusoidal time-embedding size"),
+    "guidance_scales": (float_tuple, "guidance scales, one grid each"),
+    "grid_classes": (common.int_list, "ImageNet classes of the grid rows"),
+    "images_per_class": (common.COUNT, "images per class in a grid"),
+    "shuffle_buffer": (common.COUNT, "shuffle buffer (images)"),
+    "mixed_precision": (
         str,
         "compute dtype of the networks",
-        choices=("float16", "bfloat16", "float32"),
-    )
-    flag("seed", int, "seed of weights, noise, data order and sampling")
-    return parser
+        ("float16", "bfloat16", "float32"),
+    ),
+    "data_dir": (str, "tensorflow-datasets folder of the prepared imagenet2012"),
+    "vae_weights": (
+        str,
+        "SD VAE weights: download, a folder with vae_encoder.h5 and "
+        "kcv_decoder.h5, or none (random weights: smoke tests only)",
+    ),
+}
 
 
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
-    for name, (default, quick, _) in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else default)
+    args = common.parse_args(
+        argv, __doc__, CONFIG, EXTRA_FLAGS, "latent_imagenet", real_data=False
+    )
     if args.per_class and args.assignment != "linear":
         raise SystemExit("--per-class needs --assignment linear.")
     if not all(0 <= c < NUM_CLASSES for c in args.grid_classes):
@@ -393,39 +335,17 @@ def tiny_autoencoder(image_size):
 def main(argv=None):
     # ------------------------------------------------------ hyperparameters
     args = parse_args(argv)
-    backup_dir = os.path.join(args.output, "backup")
-    if args.resume and not os.path.exists(
-        os.path.join(backup_dir, "training_metadata.json")
-    ):
-        raise SystemExit(
-            f"--resume: no backup in {backup_dir!r}; run without --resume "
-            "first, with the same --output."
-        )
-    os.environ["KERAS_BACKEND"] = args.backend  # before Keras is imported
+    backup = common.start(args)  # backend, seed, clock, the --resume backup
     import keras
     import numpy as np
 
     import keras_immiscible as ki
     from keras_immiscible.utils.images import save_image_grid
 
-    start = time.time()
     steps_per_epoch = args.eval_every
     epochs = max(1, -(-args.steps // steps_per_epoch))
-    # The backup of `--resume` (restored by `fit`), or a fresh start.
-    backup = ki.callbacks.BackupAndRestore(
-        backup_dir, save_freq="epoch", delete_checkpoint=False
-    )
-    initial_epoch = 0
-    if args.resume:
-        initial_epoch = backup.initial_epoch
-        print(f"Resuming {backup_dir} at step {backup.initial_step}.", flush=True)
-    elif os.path.exists(backup_dir):
-        print(
-            f"Note: starting afresh; the run in {args.output} is overwritten "
-            "(--resume continues it).",
-            flush=True,
-        )
-        shutil.rmtree(backup_dir)  # or `fit` would restore it
+    # A resumed run reshuffles the data with --seed + the resumed epoch.
+    initial_epoch = backup.initial_epoch if args.resume else 0
     keras.utils.set_random_seed(args.seed + initial_epoch)
 
     with contextlib.ExitStack() as stack:
@@ -515,12 +435,9 @@ def main(argv=None):
             scale=max(1, 64 // args.image_size),
         )
 
-        class StepLogger(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if logs is not None:
-                    logs["step"] = int(
-                        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
-                    )
+        def log_step(epoch, logs):
+            iterations = model.optimizer.iterations
+            logs["step"] = int(keras.ops.convert_to_numpy(iterations))
 
         callbacks = [
             ki.callbacks.SampleGrid(
@@ -535,7 +452,7 @@ def main(argv=None):
             )
             for scale in args.guidance_scales
         ] + [
-            StepLogger(),
+            keras.callbacks.LambdaCallback(on_epoch_end=log_step),
             keras.callbacks.CSVLogger(
                 os.path.join(args.output, "log.csv"), append=args.resume
             ),
@@ -586,7 +503,7 @@ def main(argv=None):
     model.save(os.path.join(args.output, "model.keras"))
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     print(
-        f"Trained to step {steps} in {time.time() - start:.1f} s; outputs in "
+        f"Trained to step {steps} in {time.time() - args.start_time:.1f} s; outputs in "
         f"{args.output}.",
         flush=True,
     )

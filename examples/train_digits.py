@@ -64,6 +64,10 @@ CONFIG = {
     "k": Default(8, "KNNSelection's default"),
 }
 EXTRA_FLAGS = {
+    "ema_warmup": (
+        common.checked(float, "0 (none) or >= 1", lambda v: v == 0 or v >= 1),
+        "EMA momentum min(ema, (1 + t) / (ema_warmup + t)) at step t (0: none)",
+    ),
     "family": (
         str,
         "flow (ki.ImmiscibleFlowMatching, Euler sampling) or "
@@ -86,17 +90,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    backup = common.start(args)  # backend, seed, clock, args.initial_step
-    import keras
-
+    backup = common.start(args)  # backend, seed, clock, the --resume backup
     import keras_immiscible as ki
 
     # Data: the 1,797 digits, upsampled to (S, S, 1), float32 in [0, 1],
     # as endless shuffled batches. A resumed run skips the batches the
     # backup has trained on, so it continues the uninterrupted run's stream.
+    # KID/FID on the digits classifier's features (common.digits_features).
     images = ki.data.load_digits(image_size=args.image_size)
     train = ki.data.from_numpy(images, args.batch_size, seed=args.seed)
     train = train.repeat().skip(args.initial_step)
+    features = common.digits_features(args.image_size)
 
     # Network and model.
     network = ki.layers.UNet(
@@ -120,16 +124,9 @@ def main(argv=None):
         )
     )
 
-    # KID/FID on the digits classifier's features (common.digits_features).
-    features = common.digits_features(args.image_size)
-
-    # Callbacks, at the end of every epoch of `--eval-every` steps: KID/FID,
-    # sample grids, step and time, log.csv (common.py), then the backup.
-    callbacks = common.evaluation_callbacks(args, model, images, features) + [
-        backup,  # before ModelCheckpoint: a NaN stops `fit` here
-        keras.callbacks.ModelCheckpoint(f"{args.output}/checkpoints/last.keras"),
-    ]
-    model.fit(train, callbacks=callbacks, **common.fit_options(args))
+    # Fit, in epochs of `--eval-every` steps, at the end of each: KID/FID,
+    # a sample grid, log.csv, the backup and a checkpoint (common.py).
+    model.fit(train, **common.fit_options(model, args, backup, images, features))
 
     # Generate with the EMA weights, save the grid and the model.
     return common.finish(model, args)

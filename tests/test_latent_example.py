@@ -29,7 +29,8 @@ import keras_immiscible  # noqa: F401  (registers the classes to load)
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "examples", "latent_imagenet_classcond.py")
+EXAMPLES = os.path.join(ROOT, "examples")
+SCRIPT = os.path.join(EXAMPLES, "latent_imagenet_classcond.py")
 RUN_BACKENDS = ("tensorflow", "torch")
 RUNS_HERE = BACKEND in RUN_BACKENDS or os.environ.get("KI_TEST_LATENT_EXAMPLE") == "1"
 
@@ -44,7 +45,9 @@ RUNNER = BLOCK_KERAS_CV + OFFLINE_RUNNER
 
 
 def run_script(flags, cwd, check=True):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    # examples/common.py: on the path, as when the script runs as a file.
+    path = os.pathsep.join(filter(None, (EXAMPLES, os.environ.get("PYTHONPATH"))))
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, PYTHONPATH=path)
     if BACKEND == "torch":
         env.setdefault("OMP_NUM_THREADS", "1")  # see conftest.py
     started = time.time()
@@ -63,6 +66,8 @@ def run_script(flags, cwd, check=True):
 
 
 def load_example():
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)  # examples/common.py
     spec = importlib.util.spec_from_file_location("latent_example", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -94,7 +99,7 @@ def quick_run(tmp_path_factory):
     return output, text
 
 
-def test_defaults_are_the_official_configuration():
+def test_defaults_are_the_official_configuration(capsys):
     example = load_example()
     args = example.parse_args([])
     assert (args.image_size, args.batch_size, args.steps) == (256, 2048, 20_000)
@@ -117,7 +122,9 @@ def test_defaults_are_the_official_configuration():
     # SD-1.x latents of 256x256 images: 32x32x4, where the attention sits.
     assert args.image_size // 8 == max(args.attention) == 32
     # Every default names its source in --help.
-    text = example.build_parser().format_help()
+    with pytest.raises(SystemExit):
+        example.parse_args(["--help"])
+    text = capsys.readouterr().out
     for phrase in (
         "--max_train_steps=20000",
         "--checkpointing_steps=2500",
