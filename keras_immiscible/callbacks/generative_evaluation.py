@@ -4,10 +4,9 @@ import numbers
 
 import keras
 
-from keras_immiscible.callbacks.ema import ema_weights
-from keras_immiscible.metrics.evaluate import add_generated_images
 from keras_immiscible.metrics.evaluate import add_real_images
 from keras_immiscible.metrics.evaluate import resolve_metrics
+from keras_immiscible.metrics.evaluate import score_generated_images
 from keras_immiscible.utils import arguments
 
 
@@ -162,18 +161,17 @@ class GenerativeEvaluation(keras.callbacks.Callback):
             self._real_done = True
         for metric in self.metrics:
             metric.reset_generated()
-        with ema_weights(self.model, enabled=self.use_ema):
-            add_generated_images(
-                self.metrics,
-                self.model,
-                self.num_images,
-                self.batch_size,
-                self.steps,
-                self.seed,
-                self.generate_kwargs,
-                self.verbose,
-            )
-        return {m.name: float(m.result()) for m in self.metrics}
+        return score_generated_images(
+            self.metrics,
+            self.model,
+            self.num_images,
+            self.batch_size,
+            self.steps,
+            self.seed,
+            self.generate_kwargs,
+            self.verbose,
+            self.use_ema,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
