@@ -3,6 +3,7 @@
 import keras
 
 from keras_immiscible.layers.unet_stage import UNetStage
+from keras_immiscible.utils.arguments import check_choice
 
 _DOWNSAMPLE_MODES = ("average", "conv")
 
@@ -67,12 +68,7 @@ class DownBlock(UNetStage):
         super().__init__(
             width, block_depth, attention, dropout, groups, num_heads, **kwargs
         )
-        if downsample not in _DOWNSAMPLE_MODES:
-            raise ValueError(
-                f"`downsample` must be one of {_DOWNSAMPLE_MODES}. "
-                f"Received: downsample={downsample!r}"
-            )
-        self.downsample = downsample
+        self.downsample = check_choice(downsample, "downsample", _DOWNSAMPLE_MODES)
         self._make_blocks()
         if downsample == "average":
             self.downsampler = keras.layers.AveragePooling2D(

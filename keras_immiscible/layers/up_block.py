@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_immiscible.layers.unet_stage import UNetStage
+from keras_immiscible.utils.arguments import check_choice
 
 _INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -70,12 +71,9 @@ class UpBlock(UNetStage):
         super().__init__(
             width, block_depth, attention, dropout, groups, num_heads, **kwargs
         )
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"`interpolation` must be one of {_INTERPOLATIONS}. "
-                f"Received: interpolation={interpolation!r}"
-            )
-        self.interpolation = interpolation
+        self.interpolation = check_choice(
+            interpolation, "interpolation", _INTERPOLATIONS
+        )
 
         self.upsample = keras.layers.UpSampling2D(
             2,
