@@ -159,20 +159,18 @@ def main():
             ("KNNSelection(k=4)", ki.assignment.KNNSelection(4)),
             ("KNNSelection(k=8)", ki.assignment.KNNSelection(8)),
         ]:
-            step = jax.jit(
-                lambda x, key, a=assigner: a(x, seed=key, return_change=True)
-            )
+            step = jax.jit(lambda x, key, a=assigner: a(x, seed=key, return_gain=True))
             key = jax.random.PRNGKey(0)  # keras accepts a JAX key as seed
             try:
                 t = median_time(lambda: step(x_dev, key), repeats, sync)
-                change = float(step(x_dev, key)[1])
+                gain = float(step(x_dev, key)[1])
                 emit(
                     {
                         "method": name,
                         "batch_size": b,
                         "dims": args.dims,
                         "median_ms": t,
-                        "distance_change": change,
+                        "assignment_gain": gain,
                     }
                 )
             except Exception as e:  # noqa: BLE001

@@ -108,11 +108,11 @@ def measure(images, k, args, size):
         ]
         # One noise seed per (size, k, batch): the cells are independent.
         seed = args.seed * 1_000_003 + size * 10_007 + k * 101 + index
-        noise, change = assigner(batch, seed=seed % (2**31), return_change=True)
+        noise, gain = assigner(batch, seed=seed % (2**31), return_gain=True)
         noise = ops.convert_to_numpy(noise).astype(np.float64)
         total += noise.sum(axis=0)
         total_sq += np.square(noise).sum(axis=0)
-        gains.append(-float(ops.convert_to_numpy(change)))
+        gains.append(float(ops.convert_to_numpy(gain)))
     count = args.batches * args.batch_size
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))

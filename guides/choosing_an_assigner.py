@@ -71,9 +71,10 @@ print("data", data.shape)
 """
 ## Distance reduction and time per batch
 
-Calling an assigner with `return_change=True` returns the noise and the
-relative change of the mean image-noise L2 distance against the unassigned
-draw; models log its negative as `assignment_gain`. We time the whole call
+Calling an assigner with `return_gain=True` returns the noise and its
+assignment gain: the relative reduction of the mean image-noise L2 distance
+against the unassigned draw (positive: the assigned noise is closer), which
+models log as `assignment_gain`. We time the whole call
 (draw, distances, solve), as the training step runs it, after one warm-up
 call per batch size (which compiles what needs compiling).
 """
@@ -95,11 +96,11 @@ for batch_size in batch_sizes:
         gains, times = [], []
         for r, batch in enumerate(batches):
             start = time.perf_counter()
-            noise, change = assigner(batch, seed=r, return_change=True)
-            change = float(keras.ops.convert_to_numpy(change))  # waits for it
+            noise, gain = assigner(batch, seed=r, return_gain=True)
+            gain = float(keras.ops.convert_to_numpy(gain))  # waits for it
             if r > 0:  # r == 0 is the warm-up
                 times.append(time.perf_counter() - start)
-                gains.append(-change)
+                gains.append(gain)
         rows.append(
             dict(
                 batch_size=batch_size,

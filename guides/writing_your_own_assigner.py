@@ -47,8 +47,8 @@ os.makedirs(OUTPUT_DIR, exist_ok=True)
 ## The interface
 
 A model calls its assigner once per training step, inside the compiled
-step, as `noise, change = assigner(data, seed=seed_generator,
-return_change=True)`. `NoiseAssigner.__call__` checks `data` (the batch,
+step, as `noise, gain = assigner(data, seed=seed_generator,
+return_gain=True)`. `NoiseAssigner.__call__` checks `data` (the batch,
 already scaled to [-1, 1]) and runs three methods you may override:
 
 - `draw(data, seed)`: the candidate noise, by default one standard Gaussian
@@ -56,8 +56,9 @@ already scaled to [-1, 1]) and runs three methods you may override:
 - `assign(data, candidates)`: the noise each sample trains with, shape
   `data.shape`. This is where the pairing happens.
 - `unassigned(candidates)`: what plain diffusion would have used; the
-  relative change of the mean data-noise distance between it and the
-  assigned noise is logged as `assignment_gain` (with its sign flipped).
+  relative reduction of the mean data-noise distance from it to the
+  assigned noise (`keras_immiscible.assignment.assignment_gain`, positive
+  when the assigned noise is closer) is logged as `assignment_gain`.
 
 And one attribute: `on_host` (default `False`). Set it to `True` when
 `assign` leaves the device (numpy or scipy through a host callback, as
@@ -95,7 +96,7 @@ class GreedyAssignment(NoiseAssigner):
 
     Example:
 
-    >>> noise, change = GreedyAssignment()(images, seed=0, return_change=True)
+    >>> noise, gain = GreedyAssignment()(images, seed=0, return_gain=True)
     """
 
     def __init__(self, order="global"):

@@ -66,12 +66,29 @@ def missed_fraction(cost, perm):
     return (cost[np.arange(len(perm)), perm].sum() - opt) / gain
 
 
-def np_change(data, assigned, unassigned):
+def np_gain(data, assigned, unassigned):
+    """1 - mean ||x - assigned|| / mean ||x - unassigned||, in float64."""
+
     def mean_dist(noise):
         diff = np.asarray(noise, np.float64) - np.asarray(data, np.float64)
         return np.sqrt((diff.reshape(len(diff), -1) ** 2).sum(-1)).mean()
 
-    return mean_dist(assigned) / mean_dist(unassigned) - 1.0
+    return 1.0 - mean_dist(assigned) / mean_dist(unassigned)
+
+
+def test_assignment_gain_is_the_relative_distance_reduction():
+    # Data at 0, assigned noise at distance 3 (rows 0, 1) and 1 (row 2),
+    # unassigned at distance 4 and 2: mean 7/3 against 10/3, a gain of 0.3.
+    data = np.zeros((3, 2), "float32")
+    assigned = np.array([[3, 0], [0, 3], [1, 0]], "float32")
+    unassigned = np.array([[4, 0], [0, 4], [0, 2]], "float32")
+    gain = float(to_np(assignment.assignment_gain(data, assigned, unassigned)))
+    assert gain == pytest.approx(0.3, rel=1e-6)
+    assert gain == pytest.approx(np_gain(data, assigned, unassigned), rel=1e-6)
+    # Farther noise is a negative gain; the same noise is none.
+    worse = float(to_np(assignment.assignment_gain(data, unassigned, assigned)))
+    assert worse == pytest.approx(1.0 - 10.0 / 7.0, rel=1e-6)
+    assert float(to_np(assignment.assignment_gain(data, assigned, assigned))) == 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -108,56 +125,57 @@ def test_linear_assignment_is_optimal_permutation_of_the_draw(
 
 
 @pytest.mark.parametrize("solver", ["scipy", "auction"])
-def test_linear_assignment_change_on_digits(digits, solver):
+def test_linear_assignment_gain_on_digits(digits, solver):
     images = digits[200 : 200 + B]
     assigner = LinearAssignment(solver=solver)
-    noise, change = assigner(images, seed=9, return_change=True)
+    noise, gain = assigner(images, seed=9, return_gain=True)
     draw = to_np(assigner.draw(images, seed=9))
-    expected = np_change(images, to_np(noise), draw)
-    assert expected < 0.0
-    assert float(to_np(change)) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    expected = np_gain(images, to_np(noise), draw)
+    assert expected > 0.0
+    assert float(to_np(gain)) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("metric", ["sq_l2", "l2"])
-def test_linear_assignment_change_at_paper_scale(metric):
-    # Immiscible Diffusion (Table 2): about -1.9% at B=128 for 3072 dims.
+def test_linear_assignment_gain_at_paper_scale(metric):
+    # Immiscible Diffusion (Table 2): a change of about -1.9% at B=128 for
+    # 3072 dims, i.e. a gain of about 1.9%.
     images = np.random.default_rng(0).uniform(-1, 1, size=(128, 32, 32, 3))
     images = images.astype("float32")
-    noise, change = LinearAssignment(metric=metric)(images, seed=1, return_change=True)
-    change = float(to_np(change))
-    assert -0.04 < change < -0.005, change
+    noise, gain = LinearAssignment(metric=metric)(images, seed=1, return_gain=True)
+    gain = float(to_np(gain))
+    assert 0.005 < gain < 0.04, gain
     draw = to_np(LinearAssignment().draw(images, seed=1))
-    assert change == pytest.approx(np_change(images, to_np(noise), draw), rel=1e-3)
+    assert gain == pytest.approx(np_gain(images, to_np(noise), draw), rel=1e-3)
 
 
 @pytest.mark.parametrize("metric", ["sq_l2", "l2"])
 def test_linear_assignment_float16_data_of_large_images(metric):
     # Mixed-precision batches of 128x128x3 images: a row's sum of 49,152
     # squared values (~65,000 for noise alone) overflows float16 (max
-    # 65,504) unless the cost and the change are computed in float32.
+    # 65,504) unless the cost and the gain are computed in float32.
     images = np.random.default_rng(5).uniform(-1, 1, size=(8, 128, 128, 3))
     images = images.astype("float16")
     assigner = LinearAssignment(metric=metric)
-    noise, change = assigner(images, seed=2, return_change=True)
+    noise, gain = assigner(images, seed=2, return_gain=True)
     noise = to_np(noise)
     assert noise.dtype == np.float16
     draw = to_np(assigner.draw(images, seed=2))
     perm = recover_permutation(noise, draw)
     assert missed_fraction(np_cost(images, draw, metric), perm) <= 1e-2
-    change = float(to_np(change))
-    assert np.isfinite(change)
-    assert change == pytest.approx(np_change(images, noise, draw), abs=1e-3)
+    gain = float(to_np(gain))
+    assert np.isfinite(gain)
+    assert gain == pytest.approx(np_gain(images, noise, draw), abs=1e-3)
 
 
 def test_linear_assignment_batch_of_one_is_the_draw():
     images = np.full((1, 8, 8, 1), 0.5, "float32")
     for solver in ("scipy", "auction"):
         assigner = LinearAssignment(solver=solver)
-        noise, change = assigner(images, seed=2, return_change=True)
+        noise, gain = assigner(images, seed=2, return_gain=True)
         np.testing.assert_array_equal(
             to_np(noise), to_np(assigner.draw(images, seed=2))
         )
-        assert float(to_np(change)) == 0.0
+        assert float(to_np(gain)) == 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -171,24 +189,24 @@ def np_knn(images, candidates):
     return candidates[np.arange(len(images)), nearest]
 
 
-def test_knn_selection_change_grows_with_k(digits):
+def test_knn_selection_gain_grows_with_k(digits):
     images = digits[:B]
-    changes = []
+    gains = []
     # (k=8 behaves alike; each k is a new noise shape, slow to compile on JAX.)
     for k in (1, 2, 4):
         assigner = KNNSelection(k=k)
-        noise, change = assigner(images, seed=21, return_change=True)
+        noise, gain = assigner(images, seed=21, return_gain=True)
         candidates = to_np(assigner.draw(images, seed=21))
         assert candidates.shape == (B, k, 8, 8, 1)
         noise = to_np(noise)
         assert noise.shape == images.shape
         np.testing.assert_array_equal(noise, np_knn(images, candidates))
-        change = float(to_np(change))
-        expected = np_change(images, noise, candidates[:, 0])
-        assert change == pytest.approx(expected, rel=1e-4, abs=1e-7)
-        changes.append(change)
-    assert changes[0] == 0.0
-    assert changes[0] > changes[1] > changes[2], changes
+        gain = float(to_np(gain))
+        expected = np_gain(images, noise, candidates[:, 0])
+        assert gain == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        gains.append(gain)
+    assert gains[0] == 0.0
+    assert gains[0] < gains[1] < gains[2], gains
 
 
 def test_knn_selection_batch_of_one(digits):
@@ -211,11 +229,11 @@ def test_knn_selection_batch_of_one(digits):
 
 def test_random_noise_is_keras_normal(digits):
     images = digits[:B]
-    noise, change = RandomNoise()(images, seed=5, return_change=True)
+    noise, gain = RandomNoise()(images, seed=5, return_gain=True)
     np.testing.assert_array_equal(
         to_np(noise), to_np(keras.random.normal(images.shape, seed=5))
     )
-    assert float(to_np(change)) == 0.0
+    assert float(to_np(gain)) == 0.0
     noise = to_np(noise)
     # And it is standard normal noise.
     assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1.0) < 0.05
@@ -265,20 +283,20 @@ def check_compiled_step(compile_fn, assigner, images, same_draw_as_eager):
     """Runs the assigner (and its draw) compiled; checks against eager."""
 
     def step(x):
-        noise, change = assigner(x, seed=8, return_change=True)
-        return noise, change, assigner.draw(x, seed=8)
+        noise, gain = assigner(x, seed=8, return_gain=True)
+        return noise, gain, assigner.draw(x, seed=8)
 
-    noise, change, draw = (to_np(t) for t in compile_fn(step)(images))
+    noise, gain, draw = (to_np(t) for t in compile_fn(step)(images))
     if same_draw_as_eager:
         np.testing.assert_array_equal(draw, to_np(assigner.draw(images, seed=8)))
     # Given the same draw, the compiled assignment is the eager one.
     np.testing.assert_array_equal(noise, to_np(assigner.assign(images, draw)))
     unassigned = to_np(assigner.unassigned(draw))
-    assert float(change) == pytest.approx(
-        np_change(images, noise, unassigned), rel=1e-4, abs=1e-7
+    assert float(gain) == pytest.approx(
+        np_gain(images, noise, unassigned), rel=1e-4, abs=1e-7
     )
     if not isinstance(assigner, RandomNoise):
-        assert float(change) < 0.0
+        assert float(gain) > 0.0
 
 
 @jax_only
@@ -337,19 +355,19 @@ def test_assigners_inside_tf_function(digits, assigner, jit_compile):
 def test_assigners_with_unknown_batch_size(digits, assigner):
     # `model.fit` on TensorFlow traces the train step with an unknown batch
     # dimension (unless the dataset drops its remainder). Every assigner,
-    # change included, must work there and draw what it draws eagerly.
+    # gain included, must work there and draw what it draws eagerly.
     import tensorflow as tf
 
     images = digits[:B]
     step = tf.function(
-        lambda x: assigner(x, seed=8, return_change=True),
+        lambda x: assigner(x, seed=8, return_gain=True),
         input_signature=[tf.TensorSpec((None, 8, 8, 1), "float32")],
     )
-    noise, change = step(images)
-    eager_noise, eager_change = assigner(images, seed=8, return_change=True)
+    noise, gain = step(images)
+    eager_noise, eager_gain = assigner(images, seed=8, return_gain=True)
     assert tuple(noise.shape) == images.shape
     np.testing.assert_array_equal(to_np(noise), to_np(eager_noise))
-    np.testing.assert_allclose(to_np(change), to_np(eager_change), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(to_np(gain), to_np(eager_gain), rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------

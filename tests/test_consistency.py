@@ -46,9 +46,9 @@ class FixedNoise(NoiseAssigner):
     def __init__(self, noise):
         self.noise = noise
 
-    def __call__(self, data, seed=None, return_change=False):
+    def __call__(self, data, seed=None, return_gain=False):
         noise = keras.ops.convert_to_tensor(self.noise)
-        return (noise, keras.ops.zeros(())) if return_change else noise
+        return (noise, keras.ops.zeros(())) if return_gain else noise
 
 
 class FixedIndex(ki.ImmiscibleConsistency):

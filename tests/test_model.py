@@ -45,9 +45,9 @@ class FixedNoise(NoiseAssigner):
     def __init__(self, noise):
         self.noise = noise
 
-    def __call__(self, data, seed=None, return_change=False):
+    def __call__(self, data, seed=None, return_gain=False):
         noise = keras.ops.convert_to_tensor(self.noise)
-        return (noise, keras.ops.zeros(())) if return_change else noise
+        return (noise, keras.ops.zeros(())) if return_gain else noise
 
 
 class FixedTime(CosineSchedule):
@@ -200,9 +200,9 @@ class RecordingLinearAssignment(ki.assignment.LinearAssignment):
 
     dtypes = []
 
-    def __call__(self, data, seed=None, return_change=False):
-        outputs = super().__call__(data, seed=seed, return_change=return_change)
-        noise = outputs[0] if return_change else outputs
+    def __call__(self, data, seed=None, return_gain=False):
+        outputs = super().__call__(data, seed=seed, return_gain=return_gain)
+        noise = outputs[0] if return_gain else outputs
         self.dtypes.append(
             (
                 keras.backend.standardize_dtype(data.dtype),
@@ -468,8 +468,8 @@ def labelled_half_network(num_classes=3):
 class RecordingNoise(ki.assignment.LinearAssignment):
     """Linear assignment that keeps the noise it assigned (eager calls)."""
 
-    def __call__(self, data, seed=None, return_change=False):
-        outputs = super().__call__(data, seed=seed, return_change=return_change)
+    def __call__(self, data, seed=None, return_gain=False):
+        outputs = super().__call__(data, seed=seed, return_gain=return_gain)
         self.noise = keras.ops.convert_to_numpy(outputs[0])
         return outputs
 

@@ -29,9 +29,9 @@ class DataNoise(NoiseAssigner):
     """A deterministic stand-in: the "noise" is a fixed function of the data,
     so its moments over an epoch are known whatever the shuffling."""
 
-    def __call__(self, data, seed=None, return_change=False):
+    def __call__(self, data, seed=None, return_gain=False):
         noise = 0.5 * data + 0.1 + 0.3 * keras.ops.square(data)
-        return (noise, keras.ops.zeros(())) if return_change else noise
+        return (noise, keras.ops.zeros(())) if return_gain else noise
 
 
 def data_noise(images):

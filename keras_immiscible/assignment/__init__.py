@@ -14,7 +14,7 @@ import keras
 from keras_immiscible.assignment.knn_selection import KNNSelection
 from keras_immiscible.assignment.linear_assignment import LinearAssignment
 from keras_immiscible.assignment.noise_assigner import NoiseAssigner
-from keras_immiscible.assignment.noise_assigner import distance_change
+from keras_immiscible.assignment.noise_assigner import assignment_gain
 from keras_immiscible.assignment.random_noise import RandomNoise
 
 _ALIASES = {

@@ -70,7 +70,7 @@ class LinearAssignment(NoiseAssigner):
 
     >>> assigner = LinearAssignment(solver="scipy")
     >>> noise = assigner(images, seed=1)
-    >>> noise, change = assigner(images, seed=1, return_change=True)
+    >>> noise, gain = assigner(images, seed=1, return_gain=True)
     >>> per_class = LinearAssignment(per_class=True)
     >>> noise = per_class(images, seed=1, labels=labels)
     >>> sharded = LinearAssignment(solver="auction", scope="replica")

@@ -134,12 +134,10 @@ class _HostAssigner:
             x = keras.ops.convert_to_tensor(data)
             c = keras.ops.convert_to_tensor(candidates)
             noise = self.assigner.assign(x, c)
-            change = assignment_lib.distance_change(
-                x, noise, self.assigner.unassigned(c)
-            )
+            gain = assignment_lib.assignment_gain(x, noise, self.assigner.unassigned(c))
             noise = keras.ops.convert_to_numpy(noise).astype(np.float32)
-            change = float(keras.ops.convert_to_numpy(change))
-        gain = np.full((data.shape[0],), -change, dtype=np.float32)
+            gain = float(keras.ops.convert_to_numpy(gain))
+        gain = np.full((data.shape[0],), gain, dtype=np.float32)
         return noise, gain
 
 
@@ -258,8 +256,9 @@ def with_assigned_noise(
         A `tf.data.Dataset` of dicts: `"images"` (unchanged, same dtype),
         `"noise"` (float32, the images' shape: the assigned noise, in the
         normalized [-1, 1] data space), `"assignment_gain"` (float32 (batch,),
-        every entry the batch's `-distance_change`: the relative reduction
-        of the mean image-noise distance), and `"labels"` when the input had
+        every entry the batch's `keras_immiscible.assignment.assignment_gain`:
+        the relative reduction of the mean image-noise distance, positive
+        when the assigned noise is closer), and `"labels"` when the input had
         labels. `ImmiscibleDiffusion.fit` trains on the given noise.
 
     Example:

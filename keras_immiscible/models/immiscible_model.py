@@ -5,8 +5,9 @@ The families (`ImmiscibleDiffusion`, `ImmiscibleFlowMatching`,
 become a loss (`noise_loss`) and in how noise becomes images (`sample`).
 Everything else lives here once: reading and checking the batch, scaling the
 images, assigning the noise (the step every family shares, see
-`compute_loss`), logging the assignment gain, `compile`/`fit`, and the
-`generate` loop.
+`compute_loss`), logging the assignment gain (the metric `assignment_gain`,
+`keras_immiscible.assignment.assignment_gain`: positive when the assigned
+noise is closer to the data), `compile`/`fit`, and the `generate` loop.
 """
 
 import sys
@@ -488,10 +489,10 @@ class ImmiscibleModel(keras.Model):
             extra = {}
             if getattr(self.assigner, "per_class", False):
                 extra["labels"] = labels
-            noise, change = self.assigner(
-                data, seed=self.seed_generator, return_change=True, **extra
+            noise, gain = self.assigner(
+                data, seed=self.seed_generator, return_gain=True, **extra
             )
-            self.assignment_tracker.update_state(-change)
+            self.assignment_tracker.update_state(gain)
         else:
             noise = ops.cast(noise, "float32")
             if batch.get("assignment_gain") is not None:

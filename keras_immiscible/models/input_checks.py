@@ -173,7 +173,8 @@ def check_batch(model, x, y):
 
     The dict has the key `"images"` and, where present, `"labels"` (int32,
     flat), `"noise"` (float, shaped like the images) and
-    `"assignment_gain"`.
+    `"assignment_gain"` (the upstream assignment's gain, positive when the
+    noise is closer, as `keras_immiscible.assignment.assignment_gain`).
     """
     batch = _as_batch_dict(x, y)
     images = batch["images"]
