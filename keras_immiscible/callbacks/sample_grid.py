@@ -1,7 +1,6 @@
 """Save a grid of generated samples every few epochs."""
 
 import importlib.util
-import math
 import numbers
 import os
 import warnings
@@ -11,6 +10,7 @@ import numpy as np
 
 from keras_immiscible.callbacks.ema import ema_weights
 from keras_immiscible.metrics.evaluate import _takes_verbose
+from keras_immiscible.utils.arguments import check_number
 from keras_immiscible.utils.arguments import check_positive_int
 from keras_immiscible.utils.images import make_image_grid
 from keras_immiscible.utils.images import write_png
@@ -52,24 +52,13 @@ def _check_labels(labels, num_images):
 
 
 def _check_guidance(guidance_scale, labels):
-    if guidance_scale is None:
-        return None
-    if (
-        isinstance(guidance_scale, bool)
-        or not isinstance(guidance_scale, numbers.Real)
-        or not math.isfinite(guidance_scale)
-    ):
-        raise ValueError(
-            "`guidance_scale` must be None or a finite number (1: the "
-            f"conditional model, 0: the unconditional one), got "
-            f"{guidance_scale!r}."
-        )
-    if labels is None:
+    guidance_scale = check_number(guidance_scale, "guidance_scale", allow_none=True)
+    if guidance_scale is not None and labels is None:
         raise ValueError(
             "`guidance_scale` needs `labels`: classifier-free guidance mixes "
             "the predictions for the labels and for the null label."
         )
-    return float(guidance_scale)
+    return guidance_scale
 
 
 class SampleGrid(keras.callbacks.Callback):
