@@ -231,11 +231,12 @@ def unet(args, channels=3, **options):
     --attention, --num-heads and --dropout (and any fixed `options`)."""
     import keras_immiscible as ki
 
-    names = {"attention_resolutions": "attention", "num_heads": "num_heads"}
-    names["dropout"] = "dropout"
-    options.update(
-        {key: getattr(args, n) for key, n in names.items() if hasattr(args, n)}
-    )
+    names = {
+        "attention_resolutions": "attention",
+        "num_heads": "num_heads",
+        "dropout": "dropout",
+    }
+    options |= {key: getattr(args, n) for key, n in names.items() if hasattr(args, n)}
     shape, widths = (args.image_size, args.image_size, channels), args.widths
     return ki.layers.UNet(shape, widths, args.block_depth, **options)
 
