@@ -92,8 +92,10 @@ def main(argv=None):
     # (--quick: the digits; see common.image_data).
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
-    # Network and model: iCT (pseudo-Huber loss, lognormal noise levels, a
-    # curriculum of 10 -> 1280 levels over the whole run), one-step sampling.
+    # Network: ki.layers.UNet in the CT config's layout (--widths,
+    # --block-depth, --attention; common.unet). Model: iCT (pseudo-Huber loss,
+    # lognormal noise levels, a curriculum of 10 -> 1280 levels over the whole
+    # run), one-step sampling.
     network = common.unet(args)
     model = ki.ImmiscibleConsistency(
         network,

@@ -84,7 +84,9 @@ def main(argv=None):
     # (--quick: the digits; see common.image_data).
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
-    # Network and model: ddpm-torch's linear betas, epsilon target, DDIM.
+    # Network: ki.layers.UNet in ddpm-torch's layout (--widths, --block-depth,
+    # --attention, --dropout; common.unet). Model: ddpm-torch's linear betas,
+    # epsilon target, DDIM sampling.
     network = common.unet(args)
     model = ki.ImmiscibleDiffusion(
         network,

@@ -91,8 +91,9 @@ def main(argv=None):
         args, ki.data.load_oxford_flowers, held_out
     )
 
-    # Network and model: the keras.io example's UNet, cosine schedule with
-    # signal rates in [0.02, 0.95], noise prediction, MAE, DDIM sampling.
+    # Network: ki.layers.UNet in the keras.io example's layout (--widths,
+    # --block-depth, a 32-dim noise embedding; common.unet). Model: cosine
+    # schedule with signal rates in [0.02, 0.95], noise prediction, MAE, DDIM.
     network = common.unet(args, embedding_dims=32)
     model = ki.ImmiscibleDiffusion(
         network,

@@ -94,8 +94,10 @@ def main(argv=None):
     # (--quick: the digits; see common.image_data).
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
-    # Network and model: straight paths x_t = (1 - t) x0 + t eps, velocity
-    # target (torchcfm's), KNN-selected noise, Euler sampling.
+    # Network: ki.layers.UNet in torchcfm's layout (--widths, --block-depth,
+    # --attention, --num-heads, --dropout; common.unet). Model: straight paths
+    # x_t = (1 - t) x0 + t eps, velocity target (torchcfm's), KNN-selected
+    # noise, Euler sampling.
     network = common.unet(args)
     model = ki.ImmiscibleFlowMatching(
         network,
