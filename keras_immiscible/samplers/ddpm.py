@@ -9,6 +9,7 @@ from keras_immiscible.samplers.sampler import posterior_variance
 from keras_immiscible.samplers.sampler import seed_generator
 from keras_immiscible.samplers.sampler import start_run
 from keras_immiscible.samplers.sampler import transition_rates
+from keras_immiscible.utils import arguments
 
 VARIANCES = ("posterior", "beta")
 
@@ -81,12 +82,7 @@ class DDPM(SamplerBase):
     kind = "denoise"
 
     def __init__(self, variance="posterior"):
-        if variance not in VARIANCES:
-            raise ValueError(
-                f"`variance` must be one of {VARIANCES}. "
-                f"Received: variance={variance!r}"
-            )
-        self.variance = variance
+        self.variance = arguments.check_choice(variance, "variance", VARIANCES)
 
     @property
     def stochastic(self):

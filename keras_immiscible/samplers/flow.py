@@ -5,6 +5,7 @@ import keras
 from keras_immiscible.samplers.sampler import SamplerBase
 from keras_immiscible.samplers.sampler import batch_times
 from keras_immiscible.samplers.sampler import start_run
+from keras_immiscible.utils import arguments
 
 FINAL_STEPS = ("euler", "heun")
 
@@ -123,12 +124,7 @@ class Heun(SamplerBase):
     kind = "velocity"
 
     def __init__(self, final_step="euler"):
-        if final_step not in FINAL_STEPS:
-            raise ValueError(
-                f"`final_step` must be one of {FINAL_STEPS}. "
-                f"Received: final_step={final_step!r}"
-            )
-        self.final_step = final_step
+        self.final_step = arguments.check_choice(final_step, "final_step", FINAL_STEPS)
 
     def sample(self, velocity, initial_noise, schedule, steps, seed=None):
         """Integrates the flow from `initial_noise` at `t = 1` to `t = 0`.
