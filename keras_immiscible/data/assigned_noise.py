@@ -8,12 +8,12 @@ own assigner. Keras accepts `tf.data` on every backend, so the stage works
 with `fit` on TensorFlow, JAX and PyTorch alike.
 """
 
-import numbers
-
 import keras
 import numpy as np
 
 from keras_immiscible import assignment as assignment_lib
+from keras_immiscible.utils.arguments import check_int
+from keras_immiscible.utils.arguments import check_positive_int
 
 _MAX_SEED = 2**63
 
@@ -21,31 +21,19 @@ _MAX_SEED = 2**63
 def _check_seed(seed):
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"`seed` must be None or a non-negative integer, got {seed!r}.")
-    if not 0 <= int(seed) < _MAX_SEED:
-        raise ValueError(
-            f"`seed` must be a non-negative integer below 2**63, got {seed!r}."
-        )
-    return int(seed)
+    seed = check_int(seed, "seed", minimum=0)
+    if seed >= _MAX_SEED:
+        raise ValueError(f"`seed` must be a non-negative int below 2**63, got {seed}.")
+    return seed
 
 
 def _check_count(value, name):
+    """None, `tf.data.AUTOTUNE` or a positive int."""
     import tensorflow as tf
 
     if value is None or value == tf.data.AUTOTUNE:
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"`{name}` must be None, tf.data.AUTOTUNE or a positive integer, "
-            f"got {value!r}."
-        )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be None, tf.data.AUTOTUNE or a positive integer, "
-            f"got {value!r}."
-        )
-    return int(value)
+    return check_positive_int(value, name)
 
 
 def normalize_images(images):
@@ -157,27 +145,17 @@ def _split_element(spec):
 
 
 def _check_epochs(epochs, initial_epoch):
-    if isinstance(initial_epoch, bool) or not isinstance(
-        initial_epoch, numbers.Integral
-    ):
-        raise TypeError(
-            f"`initial_epoch` must be a non-negative integer, got {initial_epoch!r}."
-        )
-    if not 0 <= int(initial_epoch) < _MAX_SEED:
-        raise ValueError(
-            f"`initial_epoch` must be a non-negative integer, got {initial_epoch!r}."
-        )
-    if epochs is None:
-        return None, int(initial_epoch)
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
-        raise TypeError(f"`epochs` must be None or an integer, got {epochs!r}.")
-    if not initial_epoch < epochs <= _MAX_SEED:
+    initial_epoch = check_int(initial_epoch, "initial_epoch", minimum=0)
+    if initial_epoch >= _MAX_SEED:
+        raise ValueError(f"`initial_epoch` must be below 2**63, got {initial_epoch}.")
+    epochs = check_int(epochs, "epochs", allow_none=True)
+    if epochs is not None and not initial_epoch < epochs <= _MAX_SEED:
         raise ValueError(
             "`epochs` (the index of the epoch to stop before, as in "
             "`fit(epochs=...)`) must be greater than `initial_epoch` "
             f"({initial_epoch}), got {epochs!r}."
         )
-    return int(epochs), int(initial_epoch)
+    return epochs, initial_epoch
 
 
 def with_assigned_noise(

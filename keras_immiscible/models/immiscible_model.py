@@ -24,6 +24,8 @@ from keras_immiscible.backend import distribution
 from keras_immiscible.backend import untie_ema_buffers
 from keras_immiscible.models import generate_progress
 from keras_immiscible.models import input_checks
+from keras_immiscible.utils.arguments import check_number
+from keras_immiscible.utils.arguments import check_positive_int
 from keras_immiscible.utils.arguments import check_probability
 
 LOSSES = ("mse", "mae")
@@ -739,21 +741,10 @@ class ImmiscibleModel(keras.Model):
             float32 in [0, 1], or uint8 when the model was trained on uint8.
         """
         moments = self._initial_noise_moments(initial_noise)
-        if (
-            isinstance(num_images, bool)
-            or not isinstance(num_images, (int, np.integer))
-            or num_images < 1
-        ):
-            raise ValueError(
-                f"`num_images` must be an integer >= 1, got {num_images!r}."
-            )
-        steps = self.default_steps if steps is None else steps
-        if (
-            isinstance(steps, bool)
-            or not isinstance(steps, (int, np.integer))
-            or steps < 1
-        ):
-            raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
+        num_images = check_positive_int(num_images, "num_images")
+        steps = check_positive_int(
+            self.default_steps if steps is None else steps, "steps"
+        )
         labels = self._check_labels(labels, num_images)
         guidance = self._check_guidance(guidance_scale, labels)
         generate_progress.check_verbose(verbose)
@@ -834,17 +825,9 @@ class ImmiscibleModel(keras.Model):
 
     def _check_guidance(self, guidance_scale, labels):
         """`None` (plain conditional sampling) or `(w, null_label)`."""
+        guidance_scale = check_number(guidance_scale, "guidance_scale", allow_none=True)
         if guidance_scale is None:
             return None
-        if (
-            isinstance(guidance_scale, bool)
-            or not isinstance(guidance_scale, (int, float, np.integer, np.floating))
-            or not np.isfinite(guidance_scale)
-        ):
-            raise ValueError(
-                "`guidance_scale` must be None or a finite number, got "
-                f"{guidance_scale!r}."
-            )
         if labels is None:
             raise ValueError(
                 "`guidance_scale` guides towards `labels`: pass `labels` "
