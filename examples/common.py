@@ -183,22 +183,6 @@ def start(args):
     return backup
 
 
-def digits_features(image_size):
-    """KID/FID features of digits upsampled to `image_size` (any channels):
-    each image averaged over its upsampling blocks and channels (the 8x8
-    digit again), through the library's digits classifier."""
-    import keras_immiscible as ki
-
-    classifier, f = ki.metrics.digits_feature_extractor(), image_size // 8
-
-    def features(images):
-        x = ki.metrics.feature_extractors.images_to_unit_float(images, "x")
-        x = x.reshape(len(x), 8, f, 8, f, x.shape[-1]).mean(axis=(2, 4, 5))
-        return classifier(x[..., None])
-
-    return ki.metrics.CallableFeatureExtractor(features, batch_size=256)
-
-
 def image_data(args, load, real_split="train", flip=False):
     """`(train, real, features)`: endless batches of `load` (a `ki.data`
     loader), the KID/FID reference `real_split` and its Inception-V3
@@ -214,7 +198,7 @@ def image_data(args, load, real_split="train", flip=False):
     if args.quick:
         real = np.repeat(ki.data.load_digits(image_size=size), 3, axis=-1)
         train = ki.data.from_numpy(real, batch_size, seed=seed).repeat().skip(step)
-        return train, real, digits_features(size)
+        return train, real, ki.metrics.digits_feature_extractor()
     options = {"image_size": size, "data_dir": args.data_dir}
     train = load(batch_size=batch_size, flip=flip, seed=seed + step, **options)
     options.update(shuffle=False, cache=False, drop_remainder=False)

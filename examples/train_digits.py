@@ -96,11 +96,12 @@ def main(argv=None):
     # Data: the 1,797 digits, upsampled to (S, S, 1), float32 in [0, 1],
     # as endless shuffled batches. A resumed run skips the batches the
     # backup has trained on, so it continues the uninterrupted run's stream.
-    # KID/FID on the digits classifier's features (common.digits_features).
+    # KID/FID on the digits classifier's features (it averages the upsampled
+    # digits back to 8x8).
     images = ki.data.load_digits(image_size=args.image_size)
     train = ki.data.from_numpy(images, args.batch_size, seed=args.seed)
     train = train.repeat().skip(args.initial_step)
-    features = common.digits_features(args.image_size)
+    features = ki.metrics.digits_feature_extractor()
 
     # Network and model.
     network = ki.layers.UNet(

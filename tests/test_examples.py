@@ -521,22 +521,6 @@ def test_quick_flags_and_explicit_flags():
             module.parse_args(bad)
 
 
-def test_digits_features_map_upsampled_digits_back():
-    """The stand-in's KID/FID features of the digits upsampled to 16x16 or
-    32x32 (grey or 3 channels) are the digits classifier's features of the
-    8x8 digits themselves."""
-    import keras_immiscible as ki
-
-    common = load_example("common")
-    digits = ki.data.load_digits()[:40]
-    reference = ki.metrics.digits_feature_extractor()(digits)
-    for size in (16, 32):
-        upsampled = ki.data.load_digits(image_size=size)[:40]
-        for images in (upsampled, np.repeat(upsampled, 3, axis=-1)):
-            features = common.digits_features(size)(images)
-            np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-5)
-
-
 def check_real_run_without_data_fails_at_once(tmp_path):
     from keras_immiscible.data import DatasetNotPreparedError
 

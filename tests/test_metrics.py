@@ -568,7 +568,7 @@ def test_digits_extractor_separates_the_classes(digits_extractor):
         extractor(as_uint8), extractor(as_uint8 / 255.0), atol=1e-4
     )
     with pytest.raises(ValueError, match="images.*8, 8, 1"):
-        extractor(np.zeros((2, 8, 8, 3), "float32"))
+        extractor(np.zeros((2, 10, 10, 1), "float32"))
 
 
 def test_digits_extractor_is_cached_on_disk(digits_extractor, monkeypatch):
@@ -725,3 +725,35 @@ def test_metric_argument_messages():
         with pytest.raises(error) as info:
             make()
         assert str(info.value) == message
+
+
+def test_digits_extractor_maps_upsampled_digits_back_to_8x8():
+    """Digits upsampled to 16x16 or 32x32 (grey or 3 channels, float or
+    uint8) get the classifier's features of the 8x8 digits themselves; other
+    shapes are refused."""
+    import keras_immiscible as ki
+
+    extractor = ki.metrics.digits_feature_extractor()
+    digits = ki.data.load_digits()[:40]
+    reference = extractor(digits)
+    labels = extractor.classify(digits)
+    for size in (16, 32):
+        upsampled = ki.data.load_digits(image_size=size)[:40]
+        for images in (upsampled, np.repeat(upsampled, 3, axis=-1)):
+            np.testing.assert_allclose(extractor(images), reference, atol=1e-5)
+            np.testing.assert_array_equal(extractor.classify(images), labels)
+        as_uint8 = np.round(upsampled * 255).astype("uint8")
+        np.testing.assert_allclose(
+            extractor(as_uint8),
+            extractor(np.round(digits * 255).astype("uint8")),
+            atol=1e-5,
+        )
+    # A block mean, not a corner pick: a 2x2 checkerboard of 0/1 averages to 0.5.
+    board = np.zeros((1, 16, 16, 1), "float32")
+    board[:, ::2, ::2] = board[:, 1::2, 1::2] = 1.0
+    np.testing.assert_allclose(
+        extractor(board), extractor(np.full((1, 8, 8, 1), 0.5, "float32")), atol=1e-5
+    )
+    for shape in ((2, 12, 12, 1), (2, 16, 8, 1), (2, 64)):
+        with pytest.raises(ValueError, match="8k"):
+            extractor(np.zeros(shape, "float32"))

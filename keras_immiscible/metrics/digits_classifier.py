@@ -177,12 +177,32 @@ def load_digits_classifier(cache_dir=None, retrain=False, verbose=0):
     return _CACHE[key]
 
 
+def to_8x8_digits(images):
+    """(N, 8k, 8k, C) images in [0, 1] averaged over k x k blocks and the
+    channels: the (N, 8, 8, 1) digits they were upsampled from (exactly for
+    `load_digits(image_size=8k)`, whose upsampling repeats pixels; a
+    smoothed copy for `interpolation="bilinear"`)."""
+    n, h, w, c = images.shape
+    f = h // 8
+    return images.reshape(n, 8, f, 8, f, c).mean(axis=(2, 4, 5))[..., None]
+
+
 class DigitsFeatureExtractor(FeatureExtractor):
     """64-d penultimate features of the digits classifier.
 
     Maps (N, 8, 8, 1) images (float in [0, 1] or uint8 0-255) to (N, 64)
-    float32 features. `classify(images)` returns the predicted labels.
-    Build it with `digits_feature_extractor()`.
+    float32 features. Upsampled digits, (N, 8k, 8k, C) such as
+    `load_digits(image_size=16)` or a model's samples at that size (also
+    repeated into 3 channels), are first averaged back to 8x8 (over k x k
+    blocks and the channels; see `to_8x8_digits`). `classify(images)`
+    returns the predicted labels. Build it with `digits_feature_extractor()`.
+
+    Example:
+
+    >>> extractor = keras_immiscible.metrics.digits_feature_extractor()
+    >>> digits = keras_immiscible.data.load_digits(image_size=16)
+    >>> extractor(digits[:4]).shape
+    (4, 64)
     """
 
     def __init__(self, classifier, feature_model, batch_size=256):
@@ -196,24 +216,27 @@ class DigitsFeatureExtractor(FeatureExtractor):
 
     def validate(self, images, name="images"):
         images = check_finite_samples(images, name)
-        if tuple(images.shape[1:]) != tuple(RECIPE["input_shape"]):
+        shape = tuple(images.shape[1:])
+        if len(shape) != 3 or shape[0] != shape[1] or shape[0] % 8 or not shape[0]:
             raise ValueError(
-                f"`{name}` must be digits images of shape (N, 8, 8, 1), got "
-                f"shape {images.shape}."
+                f"`{name}` must be digits images of shape (N, 8, 8, 1), or "
+                "upsampled ones (N, 8k, 8k, C), got shape "
+                f"{tuple(images.shape)}."
             )
         images_to_unit_float(images, name)  # range check only
         return images
 
+    def _as_8x8(self, images):
+        x = images_to_unit_float(images, "images")
+        return x if x.shape[1:] == (8, 8, 1) else to_8x8_digits(x)
+
     def extract(self, batch):
-        x = images_to_unit_float(batch, "images")
-        return self.model.predict_on_batch(x)
+        return self.model.predict_on_batch(self._as_8x8(batch))
 
     def classify(self, images):
         """Predicted class (0-9) of every image, as an int numpy array."""
         images = self.validate(images)
-        logits = self.classifier.predict_on_batch(
-            images_to_unit_float(images, "images")
-        )
+        logits = self.classifier.predict_on_batch(self._as_8x8(images))
         return np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
 
 
