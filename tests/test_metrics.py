@@ -757,3 +757,67 @@ def test_digits_extractor_maps_upsampled_digits_back_to_8x8():
     for shape in ((2, 12, 12, 1), (2, 16, 8, 1), (2, 64)):
         with pytest.raises(ValueError, match="8k"):
             extractor(np.zeros(shape, "float32"))
+
+
+class ClassMeanGenerator:
+    """Stand-in class-conditional generator: image value = its label."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, num_images, steps=20, seed=0, labels=None):
+        self.calls.append(np.array(labels).tolist())
+        values = np.broadcast_to(np.asarray(labels, "float32"), (num_images,))
+        return np.ones((num_images, 2, 2, 1), "float32") * values[:, None, None, None]
+
+
+def test_evaluate_generator_slices_per_image_labels_per_batch():
+    real = np.repeat(np.arange(5, dtype="float32"), 4)[:, None, None, None]
+    real = np.ones((20, 2, 2, 1), "float32") * real
+    model = ClassMeanGenerator()
+    labels = [0, 1, 2, 3, 4]
+    metrics.evaluate_generator(
+        model,
+        real,
+        metrics=("fid",),
+        num_images=5,
+        batch_size=2,
+        feature_extractor=np_identity,
+        generate_kwargs={"labels": labels},
+        verbose=0,
+    )
+    assert model.calls == [[0, 1], [2, 3], [4]]
+    # One label for all: passed on as it is.
+    model = ClassMeanGenerator()
+    metrics.evaluate_generator(
+        model,
+        real,
+        metrics=("fid",),
+        num_images=3,
+        batch_size=2,
+        feature_extractor=np_identity,
+        generate_kwargs={"labels": 4},
+        verbose=0,
+    )
+    assert model.calls == [4, 4]
+    with pytest.raises(ValueError, match="one per generated image"):
+        metrics.evaluate_generator(
+            ClassMeanGenerator(),
+            real,
+            metrics=("fid",),
+            num_images=5,
+            batch_size=2,
+            feature_extractor=np_identity,
+            generate_kwargs={"labels": [0, 1]},
+            verbose=0,
+        )
+    from keras_immiscible import callbacks
+
+    with pytest.raises(ValueError, match="one per generated image"):
+        callbacks.GenerativeEvaluation(
+            real,
+            metrics=("fid",),
+            num_images=5,
+            feature_extractor=np_identity,
+            generate_kwargs={"labels": [0, 1]},
+        )

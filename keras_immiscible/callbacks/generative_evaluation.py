@@ -5,6 +5,7 @@ import numbers
 import keras
 
 from keras_immiscible.metrics.evaluate import add_real_images
+from keras_immiscible.metrics.evaluate import per_image_labels
 from keras_immiscible.metrics.evaluate import resolve_metrics
 from keras_immiscible.metrics.evaluate import score_generated_images
 from keras_immiscible.utils import arguments
@@ -59,7 +60,9 @@ class GenerativeEvaluation(keras.callbacks.Callback):
         feature_extractor, weights: extractor of the metrics built from
             names (`None`: Inception-V3; `"digits"`; a model or callable).
         use_ema: load the EMA weights while generating (see above).
-        generate_kwargs: extra keyword arguments for `model.generate`.
+        generate_kwargs: extra keyword arguments for `model.generate`, e.g.
+            `labels`: one label, or one per generated image (`num_images`
+            of them, sliced per batch: a class-conditional FID).
         skipped_value: what the epochs without evaluation log for each
             metric: NaN (the default), another float, or `None` to log
             nothing.
@@ -134,6 +137,7 @@ class GenerativeEvaluation(keras.callbacks.Callback):
         self.num_real_images = num_real_images
         self.use_ema = use_ema
         self.generate_kwargs = dict(generate_kwargs or {})
+        per_image_labels(self.generate_kwargs.get("labels"), self.num_images)
         self.verbose = verbose
         self.skipped_value = skipped_value
         self.history = {}

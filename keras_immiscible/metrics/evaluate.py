@@ -201,6 +201,9 @@ def generate_batches(model, num_images, batch_size, steps, seed, generate_kwargs
 
     Batch `i` is `model.generate(n_i, steps=steps, seed=seed + i,
     **generate_kwargs)`, so the images depend on `(seed, batch_size)`.
+    `generate_kwargs["labels"]` may be one label for every image or one per
+    image (`num_images` of them, e.g. a balanced class list for a
+    class-conditional FID): each batch then gets its own slice.
     """
     arguments.check_positive_int(num_images, "num_images")
     arguments.check_positive_int(batch_size, "batch_size")
@@ -212,8 +215,11 @@ def generate_batches(model, num_images, batch_size, steps, seed, generate_kwargs
     generate_kwargs = dict(generate_kwargs or {})
     if _takes_verbose(model.generate):
         generate_kwargs.setdefault("verbose", 0)  # No progress bars in here.
+    labels = per_image_labels(generate_kwargs.get("labels"), num_images)
     for i, start in enumerate(range(0, num_images, batch_size)):
         n = min(batch_size, num_images - start)
+        if labels is not None:
+            generate_kwargs["labels"] = labels[start : start + n]
         images = model.generate(n, steps=steps, seed=seed + i, **generate_kwargs)
         images = to_numpy(images, "model.generate(...) output")
         if images.ndim < 2 or images.shape[0] != n:
@@ -222,6 +228,21 @@ def generate_batches(model, num_images, batch_size, steps, seed, generate_kwargs
                 f"array of shape {images.shape}."
             )
         yield images
+
+
+def per_image_labels(labels, num_images):
+    """`labels` as an array of `num_images` entries, or None if it is one
+    label (or None) that every batch can take as it is."""
+    if labels is None or np.ndim(labels) == 0:
+        return None
+    labels = np.asarray(keras.ops.convert_to_numpy(labels))
+    if labels.ndim != 1 or len(labels) != num_images:
+        raise ValueError(
+            "`generate_kwargs['labels']` must be one label or one per "
+            f"generated image ({num_images}, `num_images`), got shape "
+            f"{labels.shape}."
+        )
+    return labels
 
 
 def score_generated_images(
@@ -286,8 +307,9 @@ def evaluate_generator(
             `keras_immiscible.callbacks.ema_weights`). After `fit` the model
             already holds them, so this matters for models evaluated
             mid-training.
-        generate_kwargs: extra keyword arguments for `model.generate`
-            (e.g. `labels`).
+        generate_kwargs: extra keyword arguments for `model.generate`,
+            e.g. `labels`: one label, or one per generated image (sliced
+            per batch, see `generate_batches`), and `guidance_scale`.
         verbose: 1 shows progress bars, 0 is silent.
         **kid_kwargs: options of `KID` built from `"kid"` (`subset_size`,
             `num_subsets`, `max_samples`).
