@@ -279,6 +279,19 @@ def test_same_seed_same_noise(digits, assigner):
 # ---------------------------------------------------------------------------
 
 
+def auction_gap(images, noise, draw):
+    """(total - optimum) / (identity - optimum) of pairing `images` with
+    `noise` (a permutation of `draw`'s rows), squared L2, against scipy."""
+    x = np.asarray(images, np.float64).reshape(len(images), -1)
+    d = np.asarray(draw, np.float64).reshape(len(draw), -1)
+    n = np.asarray(noise, np.float64).reshape(len(noise), -1)
+    cost = ((x[:, None, :] - d[None, :, :]) ** 2).sum(-1)
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    optimum, identity = cost[rows, cols].sum(), np.trace(cost)
+    total = ((x - n) ** 2).sum()
+    return (total - optimum) / (identity - optimum)
+
+
 def check_compiled_step(compile_fn, assigner, images, same_draw_as_eager):
     """Runs the assigner (and its draw) compiled; checks against eager."""
 
@@ -289,8 +302,13 @@ def check_compiled_step(compile_fn, assigner, images, same_draw_as_eager):
     noise, gain, draw = (to_np(t) for t in compile_fn(step)(images))
     if same_draw_as_eager:
         np.testing.assert_array_equal(draw, to_np(assigner.draw(images, seed=8)))
-    # Given the same draw, the compiled assignment is the eager one.
-    np.testing.assert_array_equal(noise, to_np(assigner.assign(images, draw)))
+    if getattr(assigner, "solver", None) == "auction":
+        # The auction stops within its tolerance of the optimum, and two
+        # compilations may round differently near ties: judged by its gap.
+        assert auction_gap(images, noise, draw) <= 1e-3 + 1e-6
+    else:
+        # Given the same draw, the compiled assignment is the eager one.
+        np.testing.assert_array_equal(noise, to_np(assigner.assign(images, draw)))
     unassigned = to_np(assigner.unassigned(draw))
     assert float(gain) == pytest.approx(
         np_gain(images, noise, unassigned), rel=1e-4, abs=1e-7
