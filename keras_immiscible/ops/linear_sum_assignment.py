@@ -54,8 +54,8 @@ def _scipy_columns(cost, prices=None):
     return out
 
 
-# scipy's solver starts from zero duals; below this size it is faster than
-# any warm start (see `linear_sum_assignment`).
+# scipy's solver starts from zero duals; below this size the warm start gained
+# nothing (a scratch run at B = 64, 128; from 256 on see the host study).
 SCIPY_WARM_START_MIN_SIZE = 256
 SCIPY_SINKHORN_ITERATIONS = 8
 
@@ -81,7 +81,11 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False, **solver_kwar
             functions through the backend's host callback (`jax.pure_callback`,
             `tf.numpy_function`); TensorFlow cannot compile a host call with
             XLA, so under `jit_compile=True` it raises a `RuntimeError` that
-            says what to do. `"auction"`: the epsilon-scaling auction of
+            says what to do. From B = 256 (`SCIPY_WARM_START_MIN_SIZE`) the
+            cost is first shifted by column prices from 8 Sinkhorn
+            iterations, computed where the cost lives (see
+            `auction.warm_start_prices`): the same optimum, a 2.3-7.6x
+            faster solve at B = 1024. `"auction"`: the epsilon-scaling auction of
             `keras_immiscible.ops.auction` (Sinkhorn warm start, then
             auction phases), written in `keras.ops`, which compiles with XLA
             and stays on the device. It stops once a dual certificate proves
@@ -95,7 +99,8 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False, **solver_kwar
             solver is exact: 0 rounds, bound 0.
         **solver_kwargs: options of the auction (`tolerance`,
             `sinkhorn_iterations`, `initial_epsilon`, `epsilon`, `scaling`,
-            `max_rounds`, `unroll`, `tail_size`).
+            `max_rounds`, `unroll`, `tail_size`); scipy takes only
+            `sinkhorn_iterations` (its warm start; 0: none).
 
     Returns:
         int32 tensor of shape (B,): the column assigned to each row. Always a
