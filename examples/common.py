@@ -1,9 +1,7 @@
-"""What the example scripts share and is not an experiment: the flags of
-their hyperparameter tables (`{name: Default(value, source, quick=...)}`,
-whose sources `--help` shows), the start (backend, seed, `--resume`
-backup), the tensorflow-datasets data with its KID/FID reference (`--quick`:
-the digits), `--assignment`, the CIFAR-10 codes' Adam, `fit`'s callbacks
-(KID/FID, grids, `log.csv`, backup, checkpoint) and the final grid and model.
+"""What the examples share that is not an experiment: their flags (the
+hyperparameter tables, whose sources `--help` shows), the start of a run, the
+tensorflow-datasets data with its KID/FID reference, `--assignment`, the
+CIFAR-10 codes' Adam, `fit`'s callbacks, and the final grid and model.
 """
 
 import argparse
@@ -36,7 +34,7 @@ def checked(kind, expected, valid=lambda value: value >= 1):
 
 
 def int_list(text):
-    """Parses `"32,64,96"` (or `""` for none) into a tuple of ints."""
+    """`"32,64,96"` (or `""`: none) as a tuple of ints."""
     return tuple(int(part) for part in str(text).split(",") if part.strip())
 
 
@@ -92,9 +90,6 @@ REAL_DATA = {
 }
 
 
-HELP = "Keras backend (default: $KERAS_BACKEND, else tensorflow)"
-
-
 def _show(value):
     return ",".join(map(str, value)) or "''" if isinstance(value, tuple) else value
 
@@ -110,8 +105,9 @@ def parse_args(argv, description, config, extra_flags=None, name="run", real_dat
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    backends = ("tensorflow", "jax", "torch")
-    parser.add_argument("--backend", choices=backends, default=backend, help=HELP)
+    text = "Keras backend (default: $KERAS_BACKEND, else tensorflow)"
+    choices = ("tensorflow", "jax", "torch")
+    parser.add_argument("--backend", choices=choices, default=backend, help=text)
     text = "a smoke run of seconds on a CPU: the --quick values (flags still win)"
     parser.add_argument("--quick", action="store_true", help=text)
     parser.add_argument("--output", help=f"output folder ({output}, {output}_quick)")
@@ -139,11 +135,10 @@ def parse_args(argv, description, config, extra_flags=None, name="run", real_dat
 
 
 def start(args):
-    """Empties `OUTPUT/backup` (or, with `--resume`, checks it holds a
-    backup), selects the backend, imports TensorFlow (`tf.data`, on every
-    backend) with its start-up lines hidden (the oneDNN notice is printed
-    whatever `TF_CPP_MIN_LOG_LEVEL` says), seeds Keras, starts the clock
-    (`args.start_time`) and returns the backup's `BackupAndRestore`."""
+    """Empties `OUTPUT/backup` (`--resume`: checks it holds one), selects the
+    backend, imports TensorFlow (`tf.data`) without its start-up lines (the
+    oneDNN notice ignores `TF_CPP_MIN_LOG_LEVEL`), seeds Keras, starts the
+    clock (`args.start_time`) and returns the backup's `BackupAndRestore`."""
     path = os.path.join(args.output, "backup")
     if args.resume and not os.path.exists(f"{path}/training_metadata.json"):
         raise FileNotFoundError(f"--resume: no backup in {path!r}; run without.")
@@ -185,10 +180,9 @@ def start(args):
 
 def image_data(args, load, real_split="train", flip=False):
     """`(train, real, features)`: endless batches of `load` (a `ki.data`
-    loader), the KID/FID reference `real_split` and its Inception-V3
-    features (built now: missing weights fail at once). `--quick`: the
-    digits in 3 channels, whose stream a resumed run continues exactly (the
-    tfds shuffle cannot be positioned: it restarts, reseeded)."""
+    loader), the KID/FID reference `real_split` and Inception-V3 features
+    (built now: missing weights fail at once). `--quick`: the digits in 3
+    channels (a resumed tfds stream restarts, reseeded; the digits' continue)."""
     import numpy as np
 
     import keras_immiscible as ki
@@ -209,26 +203,10 @@ def image_data(args, load, real_split="train", flip=False):
     return train.repeat(), real, features
 
 
-def unet(args, channels=3, **options):
-    """`ki.layers.UNet` for (--image-size, --image-size, `channels`) images
-    with the table's --widths, --block-depth and, where the table has them,
-    --attention, --num-heads and --dropout (and any fixed `options`)."""
-    import keras_immiscible as ki
-
-    names = {
-        "attention_resolutions": "attention",
-        "num_heads": "num_heads",
-        "dropout": "dropout",
-    }
-    options |= {key: getattr(args, n) for key, n in names.items() if hasattr(args, n)}
-    shape, widths = (args.image_size, args.image_size, channels), args.widths
-    return ki.layers.UNet(shape, widths, args.block_depth, **options)
-
-
 def noise_assignment(args):
-    """`--assignment`'s assigner: `None`, `KNNSelection(k=--k)` or
-    `LinearAssignment` with the `--solver`, `--distance` and `--quantize`
-    the example has (else the library's: exact scipy solver, squared L2)."""
+    """`--assignment`'s assigner: `None`, `KNNSelection(--k)` or
+    `LinearAssignment` with the example's `--solver`, `--distance` and
+    `--quantize` (those it lacks: the library's defaults)."""
     import keras_immiscible as ki
 
     if args.assignment != "linear":
@@ -239,9 +217,8 @@ def noise_assignment(args):
 
 
 def adam(args):
-    """The CIFAR-10 codes' Adam: `--learning-rate` after a linear warm-up of
-    `--warmup-steps`, gradient clipping `--grad-clip` (where the table has
-    it), an EMA of momentum `--ema` for sampling."""
+    """The CIFAR-10 codes' Adam: `--learning-rate` after `--warmup-steps` of
+    linear warm-up, `--grad-clip` (if the table has it), an `--ema` EMA."""
     import keras
 
     rate, steps = args.learning_rate, args.warmup_steps
@@ -255,11 +232,10 @@ def adam(args):
 
 
 def fit_options(model, args, backup, real, features):
-    """`fit`'s epochs (of `--eval-every` steps; `--steps` rounded up), its
-    output (a progress bar on a terminal) and the callbacks at the end of
-    each: KID/FID against `real` (EMA weights), a grid in `OUTPUT/samples`,
-    step and wall time, `log.csv`, `backup` (before the checkpoint: a NaN
-    stops `fit` there) and `checkpoints/last.keras`."""
+    """`fit`'s epochs (of `--eval-every` steps), verbosity (a progress bar on
+    a terminal) and callbacks: KID/FID against `real`, a grid in
+    `OUTPUT/samples`, step and wall time, `log.csv`, `backup` (before the
+    checkpoint: a NaN stops `fit` there) and `checkpoints/last.keras`."""
     import keras
 
     import keras_immiscible as ki
@@ -302,9 +278,9 @@ def fit_options(model, args, backup, real, features):
 
 
 def finish(model, args):
-    """Saves `--grid-images` samples of the EMA weights (which `fit` leaves
-    in the model) as `OUTPUT/samples.png` and the model as `model.keras`,
-    prints the summary line and returns `{"model", "initial_step"}`."""
+    """Saves a grid of the EMA weights' samples as `OUTPUT/samples.png` and
+    the model as `model.keras`, prints one summary line and returns
+    `{"model", "initial_step"}`."""
     import keras
 
     from keras_immiscible.utils.images import save_image_grid

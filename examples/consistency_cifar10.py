@@ -92,11 +92,13 @@ def main(argv=None):
     # (--quick: the digits; see common.image_data).
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
-    # Network: ki.layers.UNet in the CT config's layout (--widths,
-    # --block-depth, --attention; common.unet). Model: iCT (pseudo-Huber loss,
-    # lognormal noise levels, a curriculum of 10 -> 1280 levels over the whole
-    # run), one-step sampling.
-    network = common.unet(args)
+    # Network: ki.layers.UNet in the CT config's layout (no dropout). Model:
+    # iCT (pseudo-Huber loss, lognormal noise levels, a curriculum of
+    # 10 -> 1280 levels over the whole run), one-step sampling.
+    shape = (args.image_size, args.image_size, 3)
+    network = ki.layers.UNet(
+        shape, args.widths, args.block_depth, attention_resolutions=args.attention
+    )
     model = ki.ImmiscibleConsistency(
         network,
         assignment=common.noise_assignment(args),  # --assignment, its flags

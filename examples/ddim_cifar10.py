@@ -84,10 +84,15 @@ def main(argv=None):
     # (--quick: the digits; see common.image_data).
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
-    # Network: ki.layers.UNet in ddpm-torch's layout (--widths, --block-depth,
-    # --attention, --dropout; common.unet). Model: ddpm-torch's linear betas,
-    # epsilon target, DDIM sampling.
-    network = common.unet(args)
+    # Network: ki.layers.UNet in ddpm-torch's layout. Model: ddpm-torch's
+    # linear betas, epsilon target, DDIM sampling.
+    network = ki.layers.UNet(
+        (args.image_size, args.image_size, 3),
+        args.widths,
+        args.block_depth,
+        attention_resolutions=args.attention,
+        dropout=args.dropout,
+    )
     model = ki.ImmiscibleDiffusion(
         network,
         assignment=common.noise_assignment(args),  # --assignment, its flags

@@ -94,11 +94,17 @@ def main(argv=None):
     # (--quick: the digits; see common.image_data).
     train, real, features = common.image_data(args, ki.data.load_cifar10, flip=True)
 
-    # Network: ki.layers.UNet in torchcfm's layout (--widths, --block-depth,
-    # --attention, --num-heads, --dropout; common.unet). Model: straight paths
+    # Network: ki.layers.UNet in torchcfm's layout. Model: straight paths
     # x_t = (1 - t) x0 + t eps, velocity target (torchcfm's), KNN-selected
     # noise, Euler sampling.
-    network = common.unet(args)
+    network = ki.layers.UNet(
+        (args.image_size, args.image_size, 3),
+        args.widths,
+        args.block_depth,
+        attention_resolutions=args.attention,
+        num_heads=args.num_heads,
+        dropout=args.dropout,
+    )
     model = ki.ImmiscibleFlowMatching(
         network,
         assignment=common.noise_assignment(args),  # --assignment, its flags
