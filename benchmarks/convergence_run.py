@@ -108,15 +108,6 @@ def completed_runs(records, eval_steps_by_size):
 # ------------------------------------------------------------------ data
 
 
-def area_downsample(images, size):
-    """(n, H, W, C) -> (n, size, size, C) by averaging blocks."""
-    import numpy as np
-
-    images = np.asarray(images, dtype="float32")
-    n, h, w, c = images.shape
-    return images.reshape(n, size, h // size, size, w // size, c).mean(axis=(2, 4))
-
-
 def load_data(image_size):
     """Train and reference digits at `image_size` (nearest upsampling)."""
     import keras_immiscible as ki
@@ -127,15 +118,12 @@ def load_data(image_size):
 
 
 def feature_extractor(image_size):
-    """The digits classifier's features, after a block average back to 8x8:
-    one feature space for every image size (nearest upsampling is undone
-    exactly by the average)."""
+    """The digits classifier's features: one feature space for every image
+    size (the extractor averages upsampled digits back to 8x8, which undoes
+    nearest upsampling exactly)."""
     from keras_immiscible.metrics import digits_feature_extractor
 
-    if image_size == 8:
-        return "digits"
-    extractor = digits_feature_extractor()
-    return lambda images: extractor(area_downsample(images, 8))
+    return "digits" if image_size == 8 else digits_feature_extractor()
 
 
 class BatchStream:
