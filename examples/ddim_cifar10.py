@@ -86,12 +86,9 @@ def main(argv=None):
 
     # Network: ki.layers.UNet in ddpm-torch's layout. Model: ddpm-torch's
     # linear betas, epsilon target, DDIM sampling.
+    shape, attention = (args.image_size, args.image_size, 3), args.attention
     network = ki.layers.UNet(
-        (args.image_size, args.image_size, 3),
-        args.widths,
-        args.block_depth,
-        attention_resolutions=args.attention,
-        dropout=args.dropout,
+        shape, args.widths, args.block_depth, attention, dropout=args.dropout
     )
     model = ki.ImmiscibleDiffusion(
         network,
