@@ -398,7 +398,7 @@ def class_conditional_flow(seed=0, num_classes=3):
     keras.utils.set_random_seed(seed)
     network = ki.layers.UNet(
         image_shape=(8, 8, 1),
-        widths=(8, 16),
+        widths=(8,),
         block_depth=1,
         embedding_dims=8,
         num_classes=num_classes,
@@ -617,7 +617,7 @@ def test_callbacks_with_the_real_diffusion_model(tmp_path):
     keras.utils.set_random_seed(0)
     images = ki.data.load_digits()[:64]
     net = ki.layers.UNet(
-        image_shape=(8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8
+        image_shape=(8, 8, 1), widths=(8,), block_depth=1, embedding_dims=8
     )
     model = ki.ImmiscibleDiffusion(net, assignment="knn", seed=0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, use_ema=True))

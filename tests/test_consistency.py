@@ -29,7 +29,7 @@ def np_karras(num_levels):
 
 def tiny_unet():
     return ki.layers.UNet(
-        image_shape=SHAPE, widths=(8, 16), block_depth=1, embedding_dims=8
+        image_shape=SHAPE, widths=(8,), block_depth=1, embedding_dims=8
     )
 
 

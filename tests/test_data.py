@@ -649,7 +649,7 @@ def test_import_without_tensorflow():
 def _tiny_model():
     network = ki.layers.UNet(
         image_shape=(8, 8, 3),
-        widths=(8, 16),
+        widths=(8,),
         block_depth=1,
         embedding_dims=8,
     )

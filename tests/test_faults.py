@@ -58,7 +58,7 @@ TRAIN_SCRIPT = textwrap.dedent(
         torch.set_num_threads(1)
     keras.utils.set_random_seed(0)
     network = ki.layers.UNet(
-        (8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8
+        (8, 8, 1), widths=(8,), block_depth=1, embedding_dims=8
     )
     model = ki.ImmiscibleFlowMatching(network, assignment="linear", seed=1)
     model.compile(
@@ -184,7 +184,7 @@ def test_kill_mid_epoch_and_resume_is_the_uninterrupted_run(train_script, tmp_pa
 
 def _model(learning_rate=1e-3, family=ki.ImmiscibleFlowMatching):
     keras.utils.set_random_seed(0)
-    network = ki.layers.UNet((8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8)
+    network = ki.layers.UNet((8, 8, 1), widths=(8,), block_depth=1, embedding_dims=8)
     model = family(network, assignment="knn", seed=1)
     # Eager steps: the callback does not care, and tracing and compiling
     # would take most of these tests' time. (The subprocess test above runs

@@ -15,7 +15,7 @@ SHAPE = (8, 8, 1)
 
 def tiny_unet():
     return ki.layers.UNet(
-        image_shape=SHAPE, widths=(8, 16), block_depth=1, embedding_dims=8
+        image_shape=SHAPE, widths=(8,), block_depth=1, embedding_dims=8
     )
 
 

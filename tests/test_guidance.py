@@ -24,7 +24,7 @@ def class_unet(seed):
     keras.utils.set_random_seed(seed)
     network = ki.layers.UNet(
         image_shape=SHAPE,
-        widths=(8, 16),
+        widths=(8,),
         block_depth=1,
         embedding_dims=8,
         num_classes=NUM_CLASSES,
@@ -157,7 +157,7 @@ def test_label_dropout_reaches_the_training_loss():
 
 def test_guidance_errors_and_warning(tmp_path):
     unconditional = ki.layers.UNet(
-        image_shape=SHAPE, widths=(8, 16), block_depth=1, embedding_dims=8
+        image_shape=SHAPE, widths=(8,), block_depth=1, embedding_dims=8
     )
     with pytest.raises(ValueError, match="class-conditional"):
         ki.ImmiscibleDiffusion(unconditional, label_dropout=0.1)

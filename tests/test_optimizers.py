@@ -86,7 +86,7 @@ def test_config_round_trip_and_fit(tmp_path):
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert type(clone) is ki.optimizers.AdamW and clone.ema_warmup == 7.0
     images = ki.data.load_digits()[:64]
-    net = ki.layers.UNet(image_shape=(8, 8, 1), widths=(8, 16), block_depth=1)
+    net = ki.layers.UNet(image_shape=(8, 8, 1), widths=(8,), block_depth=1)
     model = ki.ImmiscibleDiffusion(net, assignment=None, seed=0)
     model.compile(optimizer=optimizer)
     model.fit(images, batch_size=32, epochs=1, verbose=0)

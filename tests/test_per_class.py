@@ -91,7 +91,7 @@ def test_call_with_labels_and_errors():
     again = ki.assignment.deserialize(ki.assignment.serialize(assigner))
     assert again.per_class is True
     unconditional = ki.layers.UNet(
-        image_shape=(8, 8, 1), widths=(8, 16), block_depth=1, embedding_dims=8
+        image_shape=(8, 8, 1), widths=(8,), block_depth=1, embedding_dims=8
     )
     with pytest.raises(ValueError, match="num_classes"):
         ki.ImmiscibleDiffusion(unconditional, assignment=assigner)
@@ -112,7 +112,7 @@ def test_a_model_assigns_within_the_classes_of_its_batch():
     assigner = Recording(per_class=True)
     net = ki.layers.UNet(
         image_shape=(8, 8, 1),
-        widths=(8, 16),
+        widths=(8,),
         block_depth=1,
         embedding_dims=8,
         num_classes=2,
