@@ -1288,8 +1288,8 @@ STUDY_READING = [
     "scipy on the reduced cost except at B=2048 on digits. The device "
     "timing (`benchmarks/gpu_check.py`) was not run: no GPU was lent.",
     "- Host path: the row/column reduction alone makes scipy's solve "
-    "1.7-3.5x faster; adding warm-start column prices (8 Sinkhorn "
-    "iterations, 8-11 ms at B=1024 on this CPU) makes it another 2.3-7.6x "
+    "1.6-3.8x faster; adding warm-start column prices (8 Sinkhorn "
+    "iterations, 8.5-11 ms at B=1024 on this CPU) makes it another 2.5-6.0x "
     "faster, with the same optimum. The exact host path is then 3.4-4.7x "
     "faster than the paper's recipe with a float32 BLAS matmul at B=1024 "
     "(medians over 5 problems per cell; >= 3.1x on each of the 20; the "

@@ -106,7 +106,7 @@ def warm_start_prices(cost, iterations=8, final_temperature=0.03, unroll=4):
     subtracted most rows already have their optimal column at (or near) the
     minimum. An exact solver that starts from zero duals, such as scipy's,
     then has short augmenting paths: at B = 1024 on image- and digits-vs-noise
-    costs, 8 iterations cut scipy's solve 2.3-7.6x (`benchmarks/
+    costs, 8 iterations cut scipy's solve 2.5-6.0x (`benchmarks/
     assignment_speed.py --study host`). Written in `keras.ops`, so it runs
     on the device.
 

@@ -84,7 +84,7 @@ def linear_sum_assignment(cost, solver="scipy", return_info=False, **solver_kwar
             says what to do. From B = 256 (`SCIPY_WARM_START_MIN_SIZE`) the
             cost is first shifted by column prices from 8 Sinkhorn
             iterations, computed where the cost lives (see
-            `auction.warm_start_prices`): the same optimum, a 2.3-7.6x
+            `auction.warm_start_prices`): the same optimum, a 2.5-6.0x
             faster solve at B = 1024. `"auction"`: the epsilon-scaling auction of
             `keras_immiscible.ops.auction` (Sinkhorn warm start, then
             auction phases), written in `keras.ops`, which compiles with XLA
